@@ -1,1 +1,29 @@
-//! placeholder
+//! Anxin dispatch core: takes validated alarms, opens incidents, matches each
+//! to the nearest available caregiver and follows it through its life cycle.
+//!
+//! Knows nothing of gRPC, tokio or the database: durability enters through
+//! [`Journal`], time through [`Clock`], fan-out through [`EventSink`].
+
+pub mod engine;
+pub mod error;
+pub mod geo;
+pub mod incident;
+pub mod index;
+pub mod lifecycle;
+pub mod roster;
+pub mod types;
+
+pub use engine::{
+    CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Journal, KpiSnapshot, ManualClock, NoJournal, NoSink,
+    RaiseOutcome, SystemClock,
+};
+pub use error::{DispatchError, Result};
+pub use geo::{GeoPoint, TravelMode, TravelModel};
+pub use incident::{Alarm, EventKind, Incident, IncidentEvent};
+pub use index::{Candidate, GridIndex, MatchFilter};
+pub use lifecycle::IncidentState;
+pub use roster::{CaregiverProfile, CaregiverSlot};
+pub use types::{
+    AlarmKind, CaregiverId, CaregiverStatus, DeviceId, ElderId, EscalationReason, IdempotencyKey, IncidentId, Outcome,
+    Severity,
+};

@@ -1,0 +1,823 @@
+//! The dispatcher: intake (dedup and merge), matching, offers, the incident
+//! life cycle and timers. Synchronous and IO-free: durability comes in through
+//! [`Journal`], time through [`Clock`], fan-out through [`EventSink`].
+//!
+//! Locking discipline (no global lock): an idempotency-key cell may be held
+//! while taking an incident lock, never the reverse; dashmap references are
+//! always dropped before any incident lock is taken; caregivers are claimed
+//! and released with atomics only.
+//!
+//! Architecture Invariant: every state change is appended to the journal
+//! before the caller hears of it and before it is published.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::error::{DispatchError, Result};
+use crate::geo::{GeoPoint, TravelModel};
+use crate::incident::{Alarm, EventKind, Incident, IncidentEvent};
+use crate::index::{GridIndex, MatchFilter};
+use crate::lifecycle::IncidentState;
+use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef};
+use crate::types::{
+    AlarmKind, CaregiverId, CaregiverStatus, EscalationReason, IdempotencyKey, IncidentId, Outcome, Severity,
+};
+
+/// Durable storage of incident events. Implemented by `server` over its store.
+pub trait Journal: Send + Sync {
+    /// Makes `events` durable, all or nothing, before returning `Ok`.
+    fn append(&self, events: &[IncidentEvent]) -> std::result::Result<(), String>;
+}
+
+/// Receives every event after it is durable, in order per incident.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, events: &[IncidentEvent]);
+}
+
+/// Milliseconds since the Unix epoch.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock moved by hand, for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> Self {
+        ManualClock(AtomicU64::new(start_ms.max(0) as u64))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms.max(0) as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst) as i64
+    }
+}
+
+/// A journal that keeps nothing (in-memory runs and benchmarks).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append(&self, _: &[IncidentEvent]) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A sink that drops every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSink;
+
+impl EventSink for NoSink {
+    fn publish(&self, _: &[IncidentEvent]) {}
+}
+
+/// Dispatch settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchConfig {
+    /// How long a caregiver has to accept an offer.
+    pub offer_timeout_ms: i64,
+    /// A repeat of the same device (or elder, without a device) and kind within
+    /// this window merges into the open incident.
+    pub merge_window_ms: i64,
+    /// How far to look for a caregiver.
+    pub max_radius_m: f64,
+    /// Candidates fetched per match.
+    pub candidates: usize,
+    /// Offers made before the incident is escalated as declined by all.
+    pub max_offers: u32,
+    /// Arrival is overdue after `eta * factor + slack`.
+    pub arrival_overdue_factor: f64,
+    pub arrival_overdue_slack_ms: i64,
+    pub travel: TravelModel,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            offer_timeout_ms: 60_000,
+            merge_window_ms: 120_000,
+            max_radius_m: 30_000.0,
+            candidates: 8,
+            max_offers: 5,
+            arrival_overdue_factor: 2.0,
+            arrival_overdue_slack_ms: 300_000,
+            travel: TravelModel::default(),
+        }
+    }
+}
+
+/// What intake did with an alarm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaiseOutcome {
+    pub incident: Incident,
+    /// The key was seen before: `incident` is the original.
+    pub duplicate: bool,
+    /// A repeat merged into an open incident.
+    pub merged: bool,
+}
+
+/// Live view of one caregiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaregiverView {
+    pub profile: CaregiverProfile,
+    pub status: CaregiverStatus,
+    pub position: (f64, f64),
+    pub last_seen_ms: i64,
+    pub active_incident: Option<IncidentId>,
+}
+
+/// Counters of intake.
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    merged: AtomicU64,
+}
+
+/// A snapshot of the counters and of the incidents held in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KpiSnapshot {
+    pub alarms_received: u64,
+    pub duplicates: u64,
+    pub merged: u64,
+    pub incidents_by_state: Vec<(IncidentState, u64)>,
+    /// Receipt to first offer, ms, of every incident offered so far.
+    pub receipt_to_first_offer_ms: Vec<i64>,
+    /// Receipt to acceptance, ms, of every accepted incident.
+    pub receipt_to_accept_ms: Vec<i64>,
+    /// Incidents that were offered (denominator of the acceptance ratios).
+    pub offered: u64,
+    pub acceptance_to_arrival_ms: Vec<i64>,
+    pub escalations: Vec<(EscalationReason, u64)>,
+}
+
+enum KeyState {
+    Pending,
+    Done(IncidentId),
+    Abandoned,
+}
+
+type IncidentCell = Arc<Mutex<Option<Incident>>>;
+
+/// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
+pub struct Dispatcher {
+    config: DispatchConfig,
+    journal: Arc<dyn Journal>,
+    sink: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
+    next_id: AtomicU64,
+    keys: DashMap<IdempotencyKey, Arc<Mutex<KeyState>>>,
+    incidents: DashMap<IncidentId, IncidentCell>,
+    open: DashMap<IncidentId, ()>,
+    /// Open incident per (device or elder, kind), for merging repeats.
+    by_source: DashMap<(String, AlarmKind), IncidentId>,
+    roster: DashMap<CaregiverId, SlotRef>,
+    skills: SkillTable,
+    index: GridIndex,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("incidents", &self.incidents.len())
+            .field("open", &self.open.len())
+            .field("caregivers", &self.roster.len())
+            .finish()
+    }
+}
+
+fn source_key(incident_or_alarm_device: Option<&str>, elder: &str, kind: AlarmKind) -> (String, AlarmKind) {
+    match incident_or_alarm_device {
+        Some(d) => (format!("d:{d}"), kind),
+        None => (format!("e:{elder}"), kind),
+    }
+}
+
+fn event(kind: EventKind, inc: &Incident, now: i64, caregiver: Option<&CaregiverId>, note: &str) -> IncidentEvent {
+    IncidentEvent {
+        kind,
+        at_ms: now,
+        incident: inc.clone(),
+        caregiver: caregiver.cloned(),
+        alarm_key: None,
+        note: note.to_owned(),
+    }
+}
+
+impl Dispatcher {
+    pub fn new(config: DispatchConfig, journal: Arc<dyn Journal>, sink: Arc<dyn EventSink>, clock: Arc<dyn Clock>) -> Self {
+        Dispatcher {
+            config,
+            journal,
+            sink,
+            clock,
+            next_id: AtomicU64::new(0),
+            keys: DashMap::new(),
+            incidents: DashMap::new(),
+            open: DashMap::new(),
+            by_source: DashMap::new(),
+            roster: DashMap::new(),
+            skills: SkillTable::default(),
+            index: GridIndex::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    // ---------------------------------------------------------------- roster
+
+    /// Registers a caregiver or updates its profile. A new caregiver starts
+    /// off duty at its home point; an existing one keeps its live state.
+    pub fn upsert_caregiver(&self, profile: CaregiverProfile) -> bool {
+        let mask = self.skills.intern(&profile.skills);
+        if let Some(slot) = self.roster.get(&profile.id).map(|s| s.clone()) {
+            slot.set_profile(profile, mask);
+            return false;
+        }
+        let slot = Arc::new(CaregiverSlot::new(profile.clone(), mask));
+        match self.roster.entry(profile.id.clone()) {
+            Entry::Occupied(e) => {
+                e.get().set_profile(profile, mask);
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(slot.clone());
+                self.index.upsert(&slot);
+                true
+            }
+        }
+    }
+
+    fn slot(&self, id: &CaregiverId) -> Result<SlotRef> {
+        self.roster.get(id).map(|s| s.clone()).ok_or_else(|| DispatchError::UnknownCaregiver(id.to_string()))
+    }
+
+    /// Sets a caregiver's duty status (not `Busy`, which only dispatch sets).
+    pub fn set_status(&self, id: &CaregiverId, status: CaregiverStatus, at: Option<GeoPoint>) -> Result<CaregiverView> {
+        if status == CaregiverStatus::Busy {
+            return Err(DispatchError::invalid("status", "BUSY is set by the dispatcher, not by the caregiver"));
+        }
+        let slot = self.slot(id)?;
+        if let Some(p) = at {
+            slot.set_position(&p, self.now_ms());
+            self.index.upsert(&slot);
+        }
+        slot.set_duty(status).map_err(|inc| DispatchError::CaregiverNotFree {
+            caregiver: id.to_string(),
+            reason: format!("holds incident {inc}; decline or close it first"),
+        })?;
+        Ok(self.view(&slot))
+    }
+
+    /// Applies a position fix.
+    pub fn update_location(&self, id: &CaregiverId, at: GeoPoint, at_ms: i64) -> Result<()> {
+        let slot = self.slot(id)?;
+        slot.set_position(&at, at_ms);
+        self.index.upsert(&slot);
+        Ok(())
+    }
+
+    fn view(&self, slot: &CaregiverSlot) -> CaregiverView {
+        CaregiverView {
+            profile: slot.profile(),
+            status: slot.status(),
+            position: slot.position(),
+            last_seen_ms: slot.last_seen_ms(),
+            active_incident: slot.active_incident(),
+        }
+    }
+
+    pub fn caregiver(&self, id: &CaregiverId) -> Option<CaregiverView> {
+        self.roster.get(id).map(|s| s.clone()).map(|s| self.view(&s))
+    }
+
+    pub fn caregiver_count(&self) -> usize {
+        self.roster.len()
+    }
+
+    // ---------------------------------------------------------------- intake
+
+    /// Takes an alarm in: a retry of a known key returns the original
+    /// incident, a repeat of an open incident's source and kind within the
+    /// merge window merges into it, anything else opens an incident and
+    /// dispatches it. Returns once the result is durable.
+    pub fn raise(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(Mutex::new(KeyState::Pending));
+        let mut key_guard = cell.lock();
+        let existing = match self.keys.entry(alarm.key.clone()) {
+            Entry::Occupied(e) => Some(e.get().clone()),
+            Entry::Vacant(v) => {
+                v.insert(cell.clone());
+                None
+            }
+        };
+        if let Some(other) = existing {
+            drop(key_guard);
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            // The creator holds the cell until its outcome is durable.
+            let state = other.lock();
+            return match &*state {
+                KeyState::Done(id) => {
+                    let incident = self.incident(*id).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
+                    Ok(RaiseOutcome { incident, duplicate: true, merged: false })
+                }
+                KeyState::Pending | KeyState::Abandoned => Err(DispatchError::Abandoned(alarm.key.to_string())),
+            };
+        }
+        let key = alarm.key.clone();
+        let result = match self.merge(&alarm) {
+            Some(merged) => merged,
+            None => self.open_incident(alarm),
+        };
+        match &result {
+            Ok(out) => *key_guard = KeyState::Done(out.incident.id),
+            Err(_) => {
+                *key_guard = KeyState::Abandoned;
+                self.keys.remove_if(&key, |_, v| Arc::ptr_eq(v, &cell));
+            }
+        }
+        result
+    }
+
+    /// Merges a repeat into its open incident, if there is one within the window.
+    fn merge(&self, alarm: &Alarm) -> Option<Result<RaiseOutcome>> {
+        let skey = source_key(alarm.device.as_ref().map(|d| d.as_str()), alarm.elder.as_str(), alarm.kind);
+        let id = *self.by_source.get(&skey)?;
+        let cell = self.incidents.get(&id).map(|c| c.clone())?;
+        let mut guard = cell.lock();
+        let inc = guard.as_mut()?;
+        let now = self.now_ms();
+        if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
+            return None;
+        }
+        let mut next = inc.clone();
+        next.repeat_count += 1;
+        next.last_alarm_ms = now;
+        next.updated_ms = now;
+        let mut ev = event(EventKind::Merged, &next, now, next.assigned.as_ref(), &alarm.detail);
+        ev.alarm_key = Some(alarm.key.clone());
+        if let Err(e) = self.journal.append(std::slice::from_ref(&ev)) {
+            return Some(Err(DispatchError::Journal(e)));
+        }
+        *inc = next;
+        self.counters.merged.fetch_add(1, Ordering::Relaxed);
+        self.sink.publish(std::slice::from_ref(&ev));
+        Some(Ok(RaiseOutcome { incident: inc.clone(), duplicate: false, merged: true }))
+    }
+
+    fn open_incident(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+        let now = self.now_ms();
+        let id = IncidentId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let cell: IncidentCell = Arc::new(Mutex::new(None));
+        let mut guard = cell.lock();
+        self.incidents.insert(id, cell.clone());
+        let key = alarm.key.clone();
+        let mut inc = Incident::open(id, alarm, now);
+        let mut created = event(EventKind::Created, &inc, now, None, "");
+        created.alarm_key = Some(key);
+        let mut events = vec![created];
+        self.dispatch(&mut inc, now, &mut events);
+        if let Err(e) = self.journal.append(&events) {
+            self.release_holder(&mut inc);
+            self.incidents.remove(&id);
+            return Err(DispatchError::Journal(e));
+        }
+        self.open.insert(id, ());
+        self.by_source.insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), id);
+        *guard = Some(inc.clone());
+        self.sink.publish(&events);
+        Ok(RaiseOutcome { incident: inc, duplicate: false, merged: false })
+    }
+
+    // -------------------------------------------------------------- matching
+
+    /// Offers `inc` to the nearest free caregiver, or escalates it. Appends
+    /// the events; the caller journals them.
+    fn dispatch(&self, inc: &mut Incident, now: i64, events: &mut Vec<IncidentEvent>) {
+        debug_assert!(inc.assigned.is_none(), "{} dispatched while held", inc.id);
+        if inc.dispatch_attempts >= self.config.max_offers {
+            let note = format!("{} offers declined or expired", inc.dispatch_attempts);
+            self.escalate_in(inc, EscalationReason::AllDeclined, &note, now, events);
+            return;
+        }
+        let preempt = inc.severity == Severity::Critical;
+        let filter = MatchFilter {
+            skill: None,
+            exclude: &inc.declined_by,
+            allow_on_visit: preempt,
+            max_radius_m: self.config.max_radius_m,
+        };
+        // Claims can lose races with other incidents; look again a few times.
+        for _ in 0..3 {
+            let candidates = self.index.nearest(&inc.location, self.config.candidates, &filter, &self.config.travel);
+            if candidates.is_empty() {
+                break;
+            }
+            for c in candidates {
+                if c.slot.try_claim(inc.id, preempt) {
+                    inc.state = IncidentState::Offered;
+                    inc.assigned = Some(c.slot.id.clone());
+                    inc.assigned_eta_s = c.eta_s;
+                    inc.dispatch_attempts += 1;
+                    inc.first_offered_ms.get_or_insert(now);
+                    inc.offered_ms = Some(now);
+                    inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
+                    inc.updated_ms = now;
+                    events.push(event(EventKind::Offered, inc, now, Some(&c.slot.id), ""));
+                    return;
+                }
+            }
+        }
+        let (reason, note) = if inc.declined_by.is_empty() {
+            (EscalationReason::NoCaregiverAvailable, format!("no free caregiver within {:.0} km", self.config.max_radius_m / 1000.0))
+        } else {
+            (EscalationReason::AllDeclined, format!("no free caregiver left after {} declined", inc.declined_by.len()))
+        };
+        self.escalate_in(inc, reason, &note, now, events);
+    }
+
+    fn escalate_in(&self, inc: &mut Incident, reason: EscalationReason, note: &str, now: i64, events: &mut Vec<IncidentEvent>) {
+        let released = self.release_holder(inc);
+        inc.state = IncidentState::Escalated;
+        inc.escalation = Some(reason);
+        inc.escalation_note = note.to_owned();
+        inc.offer_deadline_ms = None;
+        inc.updated_ms = now;
+        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), note));
+    }
+
+    /// Frees the caregiver holding `inc`, if any; returns who it was.
+    fn release_holder(&self, inc: &mut Incident) -> Option<CaregiverId> {
+        let cg = inc.assigned.take()?;
+        if let Some(slot) = self.roster.get(&cg).map(|s| s.clone()) {
+            let freed = slot.release(inc.id);
+            debug_assert!(freed, "{} did not hold {}", cg, inc.id);
+        }
+        inc.offer_deadline_ms = None;
+        Some(cg)
+    }
+
+    // ------------------------------------------------------------ life cycle
+
+    /// Runs `f` on a copy of the incident under its lock, then journals and
+    /// publishes the events it produced. `f` fails only before it claims or
+    /// releases a caregiver; if the journal fails, `undo_claims` puts the
+    /// caregivers back and the incident is unchanged.
+    fn update(
+        &self,
+        id: IncidentId,
+        f: impl FnOnce(&mut Incident, i64, &mut Vec<IncidentEvent>) -> Result<()>,
+    ) -> Result<Incident> {
+        let cell = self.incidents.get(&id).map(|c| c.clone()).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
+        let mut guard = cell.lock();
+        let current = guard.as_ref().ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
+        let before = current.clone();
+        let mut next = current.clone();
+        let now = self.now_ms();
+        let mut events = Vec::new();
+        f(&mut next, now, &mut events)?;
+        if events.is_empty() {
+            return Ok(next);
+        }
+        if let Err(e) = self.journal.append(&events) {
+            self.undo_claims(&before, &next);
+            return Err(DispatchError::Journal(e));
+        }
+        if next.state.is_terminal() {
+            self.open.remove(&id);
+            self.by_source.remove_if(
+                &source_key(next.device.as_ref().map(|d| d.as_str()), next.elder.as_str(), next.kind),
+                |_, v| *v == id,
+            );
+        }
+        *guard = Some(next.clone());
+        self.sink.publish(&events);
+        Ok(next)
+    }
+
+    /// After a failed journal write: give back a caregiver claimed by the
+    /// change and re-take the one it released.
+    fn undo_claims(&self, before: &Incident, after: &Incident) {
+        if after.assigned != before.assigned {
+            if let Some(slot) = after.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
+                slot.release(after.id);
+            }
+            if let Some(slot) = before.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
+                if slot.active_incident().is_none() {
+                    slot.restore_claim(before.id);
+                }
+            }
+        }
+    }
+
+    fn check(inc: &Incident, to: IncidentState) -> Result<()> {
+        if inc.state.can_transition_to(to) {
+            Ok(())
+        } else {
+            Err(DispatchError::InvalidTransition { incident: inc.id.to_string(), from: inc.state, to })
+        }
+    }
+
+    fn check_holder(inc: &Incident, cg: &CaregiverId) -> Result<()> {
+        if inc.assigned.as_ref() == Some(cg) {
+            Ok(())
+        } else {
+            Err(DispatchError::NotHolder { incident: inc.id.to_string(), caregiver: cg.to_string() })
+        }
+    }
+
+    /// The caregiver acknowledges the offer.
+    pub fn accept(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            Self::check_holder(inc, cg)?;
+            if inc.state != IncidentState::Offered {
+                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::Accepted });
+            }
+            inc.state = IncidentState::Accepted;
+            inc.accepted_ms = Some(now);
+            inc.offer_deadline_ms = None;
+            inc.updated_ms = now;
+            events.push(event(EventKind::Accepted, inc, now, Some(cg), ""));
+            Ok(())
+        })
+    }
+
+    /// The caregiver declines; the incident goes to the next nearest.
+    pub fn decline(&self, id: IncidentId, cg: &CaregiverId, note: &str) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            Self::check_holder(inc, cg)?;
+            if inc.state != IncidentState::Offered {
+                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::Pending });
+            }
+            self.release_holder(inc);
+            inc.declined_by.push(cg.clone());
+            inc.state = IncidentState::Pending;
+            inc.updated_ms = now;
+            events.push(event(EventKind::Declined, inc, now, Some(cg), note));
+            self.dispatch(inc, now, events);
+            Ok(())
+        })
+    }
+
+    /// The caregiver reached the elder.
+    pub fn arrive(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            Self::check_holder(inc, cg)?;
+            if inc.state != IncidentState::Accepted {
+                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::OnScene });
+            }
+            inc.state = IncidentState::OnScene;
+            inc.arrived_ms = Some(now);
+            inc.updated_ms = now;
+            events.push(event(EventKind::Arrived, inc, now, Some(cg), ""));
+            Ok(())
+        })
+    }
+
+    /// Closes the incident with an outcome. `by` is the caregiver holding it,
+    /// or `None` for a dispatcher.
+    pub fn resolve(&self, id: IncidentId, by: Option<&CaregiverId>, outcome: Outcome, note: &str) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            if let Some(cg) = by {
+                Self::check_holder(inc, cg)?;
+            }
+            Self::check(inc, IncidentState::Resolved)?;
+            let released = self.release_holder(inc);
+            inc.state = IncidentState::Resolved;
+            inc.outcome = Some(outcome);
+            inc.resolution_note = note.to_owned();
+            inc.closed_ms = Some(now);
+            inc.updated_ms = now;
+            events.push(event(EventKind::Resolved, inc, now, released.as_ref(), note));
+            Ok(())
+        })
+    }
+
+    /// A dispatcher escalates by hand.
+    pub fn escalate(&self, id: IncidentId, reason: EscalationReason, note: &str) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            Self::check(inc, IncidentState::Escalated)?;
+            self.escalate_in(inc, reason, note, now, events);
+            Ok(())
+        })
+    }
+
+    /// A dispatcher hands the incident to a named caregiver (pre-empting a
+    /// scheduled visit if needed).
+    pub fn reassign(&self, id: IncidentId, to: &CaregiverId, note: &str) -> Result<Incident> {
+        let slot = self.slot(to)?;
+        self.update(id, |inc, now, events| {
+            Self::check(inc, IncidentState::Offered)?;
+            if inc.assigned.as_ref() == Some(to) {
+                return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason: format!("already holds {id}") });
+            }
+            if !slot.try_claim(id, true) {
+                let reason = match slot.active_incident() {
+                    Some(other) => format!("holds incident {other}"),
+                    None => format!("is {:?}", slot.status()).to_lowercase(),
+                };
+                return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason });
+            }
+            if let Some(prev) = self.release_holder(inc) {
+                events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&prev), "reassigned by a dispatcher"));
+            }
+            let (lat, lon) = slot.position();
+            let eta = GeoPoint::new("position", lat, lon)
+                .map(|p| self.config.travel.eta_s(p.distance_m(&inc.location), slot.mode()))
+                .unwrap_or(0.0);
+            inc.state = IncidentState::Offered;
+            inc.assigned = Some(to.clone());
+            inc.assigned_eta_s = eta;
+            inc.dispatch_attempts += 1;
+            inc.first_offered_ms.get_or_insert(now);
+            inc.offered_ms = Some(now);
+            inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
+            inc.updated_ms = now;
+            events.push(event(EventKind::Reassigned, inc, now, Some(to), note));
+            Ok(())
+        })
+    }
+
+    /// The elder or a dispatcher cancels the incident.
+    pub fn cancel(&self, id: IncidentId, reason: &str) -> Result<Incident> {
+        self.update(id, |inc, now, events| {
+            Self::check(inc, IncidentState::Cancelled)?;
+            let released = self.release_holder(inc);
+            inc.state = IncidentState::Cancelled;
+            inc.resolution_note = reason.to_owned();
+            inc.closed_ms = Some(now);
+            inc.updated_ms = now;
+            events.push(event(EventKind::Cancelled, inc, now, released.as_ref(), reason));
+            Ok(())
+        })
+    }
+
+    /// Fires due timers: expired offers go to the next caregiver, overdue
+    /// arrivals are flagged, pending incidents (e.g. after a restart) are
+    /// dispatched. Returns how many incidents changed.
+    pub fn tick(&self) -> usize {
+        let ids: Vec<IncidentId> = self.open.iter().map(|e| *e.key()).collect();
+        let now = self.now_ms();
+        let mut changed = 0;
+        for id in ids {
+            let res = self.update(id, |inc, now, events| {
+                match inc.state {
+                    IncidentState::Offered if inc.offer_deadline_ms.is_some_and(|d| d <= now) => {
+                        if let Some(cg) = self.release_holder(inc) {
+                            inc.declined_by.push(cg.clone());
+                            inc.state = IncidentState::Pending;
+                            inc.updated_ms = now;
+                            events.push(event(EventKind::OfferExpired, inc, now, Some(&cg), "no answer in time"));
+                        }
+                        self.dispatch(inc, now, events);
+                    }
+                    IncidentState::Accepted if !inc.arrival_overdue => {
+                        let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
+                            + self.config.arrival_overdue_slack_ms;
+                        if inc.accepted_ms.is_some_and(|a| now - a > allowed) {
+                            inc.arrival_overdue = true;
+                            inc.updated_ms = now;
+                            let holder = inc.assigned.clone();
+                            events.push(event(EventKind::ArrivalOverdue, inc, now, holder.as_ref(), "arrival overdue"));
+                        }
+                    }
+                    IncidentState::Pending => self.dispatch(inc, now, events),
+                    _ => {}
+                }
+                Ok(())
+            });
+            if let Ok(inc) = res {
+                if inc.updated_ms == now {
+                    changed += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    // ----------------------------------------------------------------- reads
+
+    pub fn incident(&self, id: IncidentId) -> Option<Incident> {
+        let cell = self.incidents.get(&id).map(|c| c.clone())?;
+        let guard = cell.lock();
+        guard.clone()
+    }
+
+    /// The incident an idempotency key led to, if it is known.
+    pub fn incident_by_key(&self, key: &IdempotencyKey) -> Option<Incident> {
+        let cell = self.keys.get(key).map(|c| c.clone())?;
+        let id = match &*cell.lock() {
+            KeyState::Done(id) => *id,
+            _ => return None,
+        };
+        self.incident(id)
+    }
+
+    /// Every incident held in memory that `keep` accepts, by id.
+    pub fn incidents(&self, keep: impl Fn(&Incident) -> bool) -> Vec<Incident> {
+        let cells: Vec<IncidentCell> = self.incidents.iter().map(|e| e.value().clone()).collect();
+        let mut out: Vec<Incident> =
+            cells.iter().filter_map(|c| c.lock().clone()).filter(|i| keep(i)).collect();
+        out.sort_by_key(|i| i.id);
+        out
+    }
+
+    pub fn open_incidents(&self) -> Vec<Incident> {
+        let ids: Vec<IncidentId> = self.open.iter().map(|e| *e.key()).collect();
+        let mut out: Vec<Incident> = ids.into_iter().filter_map(|id| self.incident(id)).collect();
+        out.sort_by_key(|i| i.id);
+        out
+    }
+
+    pub fn kpis(&self) -> KpiSnapshot {
+        let all = self.incidents(|_| true);
+        let mut k = KpiSnapshot {
+            alarms_received: self.counters.received.load(Ordering::Relaxed),
+            duplicates: self.counters.duplicates.load(Ordering::Relaxed),
+            merged: self.counters.merged.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for s in IncidentState::ALL {
+            k.incidents_by_state.push((s, all.iter().filter(|i| i.state == s).count() as u64));
+        }
+        let mut esc: Vec<(EscalationReason, u64)> = Vec::new();
+        for i in &all {
+            if let Some(t) = i.first_offered_ms {
+                k.offered += 1;
+                k.receipt_to_first_offer_ms.push(t - i.received_ms);
+            }
+            if let Some(a) = i.accepted_ms {
+                k.receipt_to_accept_ms.push(a - i.received_ms);
+                if let Some(r) = i.arrived_ms {
+                    k.acceptance_to_arrival_ms.push(r - a);
+                }
+            }
+            if let Some(r) = i.escalation {
+                match esc.iter_mut().find(|(e, _)| *e == r) {
+                    Some((_, n)) => *n += 1,
+                    None => esc.push((r, 1)),
+                }
+            }
+        }
+        k.escalations = esc;
+        k
+    }
+
+    // --------------------------------------------------------------- restore
+
+    /// Rebuilds state read back from the journal after a restart: incidents
+    /// (open ones re-claim their caregivers, who must be registered first) and
+    /// every idempotency key seen. Idempotent: restoring twice changes nothing.
+    pub fn restore(&self, incidents: Vec<Incident>, keys: Vec<(IdempotencyKey, IncidentId)>) {
+        for inc in incidents {
+            self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
+            if inc.state.is_open() {
+                if let Some(slot) = inc.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
+                    if inc.state.holds_caregiver() {
+                        slot.restore_claim(inc.id);
+                    }
+                }
+                self.open.insert(inc.id, ());
+                self.by_source
+                    .insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), inc.id);
+            }
+            self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));
+            self.incidents.insert(inc.id, Arc::new(Mutex::new(Some(inc))));
+        }
+        for (key, id) in keys {
+            self.keys.insert(key, Arc::new(Mutex::new(KeyState::Done(id))));
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Alarms as accepted at intake, incidents, and the events that change them.
+
+use crate::geo::GeoPoint;
+use crate::lifecycle::IncidentState;
+use crate::types::{
+    AlarmKind, CaregiverId, DeviceId, ElderId, EscalationReason, IdempotencyKey, IncidentId, Outcome, Severity,
+};
+
+/// A validated alarm, ready for intake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alarm {
+    pub key: IdempotencyKey,
+    pub elder: ElderId,
+    pub device: Option<DeviceId>,
+    pub kind: AlarmKind,
+    /// Where help is needed (the elder's home unless the device reported a position).
+    pub location: GeoPoint,
+    pub occurred_ms: i64,
+    pub detail: String,
+}
+
+/// An incident: one alarm (plus merged repeats) followed to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub key: IdempotencyKey,
+    pub elder: ElderId,
+    pub device: Option<DeviceId>,
+    pub kind: AlarmKind,
+    pub severity: Severity,
+    pub state: IncidentState,
+    pub location: GeoPoint,
+    pub detail: String,
+    /// The caregiver holding the incident (offered, accepted or on scene).
+    pub assigned: Option<CaregiverId>,
+    pub declined_by: Vec<CaregiverId>,
+    pub dispatch_attempts: u32,
+    pub assigned_eta_s: f64,
+    pub occurred_ms: i64,
+    pub received_ms: i64,
+    /// First offer of the incident (KPI: receipt to first offer).
+    pub first_offered_ms: Option<i64>,
+    /// Latest offer and its deadline.
+    pub offered_ms: Option<i64>,
+    pub offer_deadline_ms: Option<i64>,
+    pub accepted_ms: Option<i64>,
+    pub arrived_ms: Option<i64>,
+    pub closed_ms: Option<i64>,
+    pub outcome: Option<Outcome>,
+    pub resolution_note: String,
+    pub escalation: Option<EscalationReason>,
+    pub escalation_note: String,
+    pub repeat_count: u32,
+    pub last_alarm_ms: i64,
+    pub arrival_overdue: bool,
+    pub updated_ms: i64,
+    pub deferred_reason: Option<String>,
+}
+
+impl Incident {
+    pub(crate) fn open(id: IncidentId, alarm: Alarm, now_ms: i64) -> Self {
+        Incident {
+            id,
+            key: alarm.key,
+            elder: alarm.elder,
+            device: alarm.device,
+            kind: alarm.kind,
+            severity: alarm.kind.severity(),
+            state: IncidentState::Pending,
+            location: alarm.location,
+            detail: alarm.detail,
+            assigned: None,
+            declined_by: Vec::new(),
+            dispatch_attempts: 0,
+            assigned_eta_s: 0.0,
+            occurred_ms: alarm.occurred_ms,
+            received_ms: now_ms,
+            first_offered_ms: None,
+            offered_ms: None,
+            offer_deadline_ms: None,
+            accepted_ms: None,
+            arrived_ms: None,
+            closed_ms: None,
+            outcome: None,
+            resolution_note: String::new(),
+            escalation: None,
+            escalation_note: String::new(),
+            repeat_count: 0,
+            last_alarm_ms: now_ms,
+            arrival_overdue: false,
+            updated_ms: now_ms,
+            deferred_reason: None,
+        }
+    }
+}
+
+/// What happened to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Created,
+    Offered,
+    Accepted,
+    Declined,
+    OfferExpired,
+    Arrived,
+    Resolved,
+    Cancelled,
+    Escalated,
+    Reassigned,
+    Merged,
+    ArrivalOverdue,
+    Deferred,
+    OfferWithdrawn,
+}
+
+/// One change of one incident: journaled before it is published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentEvent {
+    pub kind: EventKind,
+    pub at_ms: i64,
+    /// The incident after the event.
+    pub incident: Incident,
+    /// The caregiver the event concerns (offered to, declined by, released...).
+    pub caregiver: Option<CaregiverId>,
+    /// The alarm that caused the event, for Created and Merged (its key is
+    /// recorded so a retry of it is recognised after a restart).
+    pub alarm_key: Option<IdempotencyKey>,
+    pub note: String,
+}

@@ -1,0 +1,258 @@
+//! The caregiver roster: one slot per caregiver with its live state in atomics.
+//!
+//! Architecture Invariant: a caregiver holds at most one active incident. The
+//! only way to take a caregiver is [`CaregiverSlot::try_claim`], a
+//! compare-and-swap of the status from a free state to `Busy`; the only way to
+//! free one is [`CaregiverSlot::release`] by the incident that holds it.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::geo::{GeoPoint, TravelMode};
+use crate::types::{CaregiverId, CaregiverStatus, IncidentId};
+
+/// Static description of a caregiver, as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaregiverProfile {
+    pub id: CaregiverId,
+    pub skills: Vec<String>,
+    pub home: GeoPoint,
+    pub mode: TravelMode,
+}
+
+/// Live state of one caregiver. Shared by the index cells and the roster map.
+#[derive(Debug)]
+pub struct CaregiverSlot {
+    pub id: CaregiverId,
+    status: AtomicU8,
+    /// Position as two `f32` (lat, lon) packed in one word, so a reader never
+    /// sees a latitude of one fix with the longitude of another.
+    position: AtomicU64,
+    /// Milliseconds since the epoch of the last position fix.
+    seen_ms: AtomicU64,
+    /// The incident held, 0 = none.
+    active: AtomicU64,
+    mode: AtomicU8,
+    skills_mask: AtomicU64,
+    /// Packed grid cell the slot is filed under in the index.
+    pub(crate) cell: AtomicU64,
+    profile: RwLock<CaregiverProfile>,
+}
+
+fn pack(p: &GeoPoint) -> u64 {
+    ((p.lat() as f32).to_bits() as u64) << 32 | (p.lon() as f32).to_bits() as u64
+}
+
+fn unpack(bits: u64) -> (f64, f64) {
+    (f32::from_bits((bits >> 32) as u32) as f64, f32::from_bits(bits as u32) as f64)
+}
+
+fn mode_to_u8(m: TravelMode) -> u8 {
+    match m {
+        TravelMode::Walk => 0,
+        TravelMode::Bike => 1,
+        TravelMode::Car => 2,
+    }
+}
+
+impl CaregiverSlot {
+    pub(crate) fn new(profile: CaregiverProfile, skills_mask: u64) -> Self {
+        CaregiverSlot {
+            id: profile.id.clone(),
+            status: AtomicU8::new(CaregiverStatus::OffDuty as u8),
+            position: AtomicU64::new(pack(&profile.home)),
+            seen_ms: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            mode: AtomicU8::new(mode_to_u8(profile.mode)),
+            skills_mask: AtomicU64::new(skills_mask),
+            cell: AtomicU64::new(u64::MAX),
+            profile: RwLock::new(profile),
+        }
+    }
+
+    pub fn status(&self) -> CaregiverStatus {
+        CaregiverStatus::from_u8(self.status.load(Ordering::Acquire))
+    }
+
+    pub fn profile(&self) -> CaregiverProfile {
+        self.profile.read().clone()
+    }
+
+    pub(crate) fn has_skill(&self, skill: &str) -> bool {
+        self.profile.read().skills.iter().any(|s| s == skill)
+    }
+
+    pub(crate) fn set_profile(&self, profile: CaregiverProfile, skills_mask: u64) {
+        self.mode.store(mode_to_u8(profile.mode), Ordering::Relaxed);
+        self.skills_mask.store(skills_mask, Ordering::Relaxed);
+        *self.profile.write() = profile;
+    }
+
+    /// Last known position (f32 precision, about a metre).
+    pub fn position(&self) -> (f64, f64) {
+        unpack(self.position.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_position(&self, p: &GeoPoint, at_ms: i64) {
+        self.position.store(pack(p), Ordering::Relaxed);
+        self.seen_ms.store(at_ms.max(0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn last_seen_ms(&self) -> i64 {
+        self.seen_ms.load(Ordering::Relaxed) as i64
+    }
+
+    pub fn mode(&self) -> TravelMode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => TravelMode::Bike,
+            2 => TravelMode::Car,
+            _ => TravelMode::Walk,
+        }
+    }
+
+    pub(crate) fn skills_mask(&self) -> u64 {
+        self.skills_mask.load(Ordering::Relaxed)
+    }
+
+    /// The incident this caregiver holds, if any.
+    pub fn active_incident(&self) -> Option<IncidentId> {
+        match self.active.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(IncidentId(n)),
+        }
+    }
+
+    /// Takes the caregiver for `incident`: succeeds only if the caregiver is
+    /// `Available` (or `OnVisit` when `preempt_visit`), atomically.
+    pub fn try_claim(&self, incident: IncidentId, preempt_visit: bool) -> bool {
+        let busy = CaregiverStatus::Busy as u8;
+        let claimed = self
+            .status
+            .compare_exchange(CaregiverStatus::Available as u8, busy, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || (preempt_visit
+                && self
+                    .status
+                    .compare_exchange(CaregiverStatus::OnVisit as u8, busy, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok());
+        if claimed {
+            let prev = self.active.swap(incident.0, Ordering::AcqRel);
+            debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
+        }
+        claimed
+    }
+
+    /// Frees the caregiver if, and only if, `incident` holds it. Returns whether it did.
+    pub fn release(&self, incident: IncidentId) -> bool {
+        if self.active.compare_exchange(incident.0, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.status.store(CaregiverStatus::Available as u8, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Restores a claim read back from the journal after a restart.
+    pub(crate) fn restore_claim(&self, incident: IncidentId) {
+        self.active.store(incident.0, Ordering::Release);
+        self.status.store(CaregiverStatus::Busy as u8, Ordering::Release);
+    }
+
+    /// Sets a duty status chosen by the caregiver. Refused while the caregiver
+    /// holds an incident (it must be declined or closed first).
+    pub(crate) fn set_duty(&self, status: CaregiverStatus) -> Result<(), IncidentId> {
+        debug_assert!(status != CaregiverStatus::Busy);
+        let mut cur = self.status.load(Ordering::Acquire);
+        loop {
+            if cur == CaregiverStatus::Busy as u8 {
+                return Err(self.active_incident().unwrap_or(IncidentId(0)));
+            }
+            match self.status.compare_exchange(cur, status as u8, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// Interns skill tags into bits, so the match filter is one AND. Up to 64 skills.
+#[derive(Debug, Default)]
+pub struct SkillTable {
+    bits: DashMap<String, u8>,
+}
+
+impl SkillTable {
+    /// Bit mask of `skills`, interning new tags. Tags beyond the 63rd share bit
+    /// 63; a match on that bit is confirmed against the profile (`SHARED_BIT`).
+    pub fn intern(&self, skills: &[String]) -> u64 {
+        skills.iter().fold(0u64, |mask, s| {
+            let next = self.bits.len().min(63) as u8;
+            let bit = *self.bits.entry(s.clone()).or_insert(next);
+            mask | 1u64 << bit
+        })
+    }
+
+    /// Mask a caregiver must contain to have `skill`; `None` if no caregiver
+    /// was ever registered with it.
+    pub fn require(&self, skill: &str) -> Option<u64> {
+        self.bits.get(skill).map(|b| 1u64 << *b)
+    }
+}
+
+pub(crate) type SlotRef = Arc<CaregiverSlot>;
+
+/// The bit shared by every skill tag after the 63rd.
+pub(crate) const SHARED_BIT: u64 = 1 << 63;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> CaregiverSlot {
+        let profile = CaregiverProfile {
+            id: CaregiverId::parse("id", "C1").unwrap(),
+            skills: vec![],
+            home: GeoPoint::new("home", 43.88, 125.37).unwrap(),
+            mode: TravelMode::Bike,
+        };
+        CaregiverSlot::new(profile, 0)
+    }
+
+    #[test]
+    fn claim_needs_an_available_caregiver_and_release_needs_the_holder() {
+        let s = slot();
+        assert!(!s.try_claim(IncidentId(1), false), "off duty");
+        s.set_duty(CaregiverStatus::Available).unwrap();
+        assert!(s.try_claim(IncidentId(1), false));
+        assert!(!s.try_claim(IncidentId(2), true), "already busy");
+        assert_eq!(s.set_duty(CaregiverStatus::OffDuty), Err(IncidentId(1)));
+        assert!(!s.release(IncidentId(2)));
+        assert!(s.release(IncidentId(1)));
+        assert_eq!(s.status(), CaregiverStatus::Available);
+        s.set_duty(CaregiverStatus::OnVisit).unwrap();
+        assert!(!s.try_claim(IncidentId(3), false));
+        assert!(s.try_claim(IncidentId(3), true));
+    }
+
+    #[test]
+    fn position_is_packed_to_about_a_metre() {
+        let s = slot();
+        let p = GeoPoint::new("p", 43.912345, 125.412345).unwrap();
+        s.set_position(&p, 5);
+        let (lat, lon) = s.position();
+        assert!((lat - p.lat()).abs() < 2e-5 && (lon - p.lon()).abs() < 2e-5);
+        assert_eq!(s.last_seen_ms(), 5);
+    }
+
+    #[test]
+    fn skills_intern_to_bits() {
+        let t = SkillTable::default();
+        let m = t.intern(&["nurse".into(), "dementia".into()]);
+        assert_eq!(m.count_ones(), 2);
+        assert_eq!(t.require("nurse").unwrap() & m, t.require("nurse").unwrap());
+        assert!(t.require("driver").is_none());
+    }
+}

@@ -1,0 +1,257 @@
+//! Behaviour of the dispatcher as a dispatch centre sees it: the life cycle,
+//! dedup and merge, timers on a manual clock, journal failures, and a
+//! concurrency stress test of the one-incident-per-caregiver invariant.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dispatch_core::*;
+
+#[derive(Default)]
+struct MemJournal {
+    events: Mutex<Vec<IncidentEvent>>,
+    fail: AtomicBool,
+}
+
+impl Journal for MemJournal {
+    fn append(&self, events: &[IncidentEvent]) -> Result<(), String> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("disk full".into());
+        }
+        self.events.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+struct Rig {
+    d: Dispatcher,
+    journal: Arc<MemJournal>,
+    clock: Arc<ManualClock>,
+}
+
+fn p(lat: f64, lon: f64) -> GeoPoint {
+    GeoPoint::new("p", lat, lon).unwrap()
+}
+
+fn cg(id: &str) -> CaregiverId {
+    CaregiverId::parse("caregiver_id", id).unwrap()
+}
+
+fn rig(caregivers: &[(&str, f64, f64)]) -> Rig {
+    let journal = Arc::new(MemJournal::default());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let d = Dispatcher::new(DispatchConfig::default(), journal.clone(), Arc::new(NoSink), clock.clone());
+    for (id, lat, lon) in caregivers {
+        d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home: p(*lat, *lon), mode: TravelMode::Bike });
+        d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
+    }
+    Rig { d, journal, clock }
+}
+
+fn alarm(key: &str, kind: AlarmKind, lat: f64, lon: f64) -> Alarm {
+    Alarm {
+        key: IdempotencyKey::parse("idempotency_key", key).unwrap(),
+        elder: ElderId::parse("elder_id", &format!("E-{key}")).unwrap(),
+        device: None,
+        kind,
+        location: p(lat, lon),
+        occurred_ms: 0,
+        detail: String::new(),
+    }
+}
+
+#[test]
+fn raise_accept_arrive_resolve_frees_the_caregiver() {
+    let r = rig(&[("near", 43.880, 125.370), ("far", 43.900, 125.400)]);
+    let out = r.d.raise(alarm("a1", AlarmKind::Fall, 43.881, 125.371)).unwrap();
+    let inc = out.incident;
+    assert_eq!(inc.state, IncidentState::Offered);
+    assert_eq!(inc.assigned, Some(cg("near")));
+    assert_eq!(r.d.caregiver(&cg("near")).unwrap().status, CaregiverStatus::Busy);
+    assert!(r.d.accept(inc.id, &cg("far")).is_err(), "only the holder may accept");
+    assert_eq!(r.d.accept(inc.id, &cg("near")).unwrap().state, IncidentState::Accepted);
+    assert_eq!(r.d.arrive(inc.id, &cg("near")).unwrap().state, IncidentState::OnScene);
+    let done = r.d.resolve(inc.id, Some(&cg("near")), Outcome::Assisted, "helped up").unwrap();
+    assert_eq!(done.state, IncidentState::Resolved);
+    assert_eq!(r.d.caregiver(&cg("near")).unwrap().status, CaregiverStatus::Available);
+    assert!(r.d.open_incidents().is_empty());
+    let kinds: Vec<EventKind> = r.journal.events.lock().unwrap().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Created, EventKind::Offered, EventKind::Accepted, EventKind::Arrived, EventKind::Resolved]
+    );
+    assert!(r.d.resolve(inc.id, None, Outcome::Other, "").is_err(), "resolved is terminal");
+}
+
+#[test]
+fn decline_redispatches_to_the_next_nearest_then_escalates() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::SosButton, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("a")));
+    let inc = r.d.decline(inc.id, &cg("a"), "stuck in traffic").unwrap();
+    assert_eq!(inc.state, IncidentState::Offered);
+    assert_eq!(inc.assigned, Some(cg("b")));
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available);
+    let inc = r.d.decline(inc.id, &cg("b"), "").unwrap();
+    assert_eq!(inc.state, IncidentState::Escalated);
+    assert_eq!(inc.escalation, Some(EscalationReason::AllDeclined));
+    assert!(inc.assigned.is_none());
+    // A dispatcher can still hand it to someone by name.
+    let inc = r.d.reassign(inc.id, &cg("a"), "please go").unwrap();
+    assert_eq!((inc.state, inc.assigned.clone()), (IncidentState::Offered, Some(cg("a"))));
+}
+
+#[test]
+fn nobody_available_escalates_and_is_never_dropped() {
+    let r = rig(&[]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Smoke, 43.88, 125.37)).unwrap().incident;
+    assert_eq!(inc.state, IncidentState::Escalated);
+    assert_eq!(inc.escalation, Some(EscalationReason::NoCaregiverAvailable));
+    assert_eq!(r.d.open_incidents().len(), 1);
+}
+
+#[test]
+fn duplicate_key_returns_the_original_and_repeats_merge() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.881, 125.371)]);
+    let first = r.d.raise(alarm("same", AlarmKind::Fall, 43.88, 125.37)).unwrap();
+    let again = r.d.raise(alarm("same", AlarmKind::Fall, 43.88, 125.37)).unwrap();
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!(again.incident.id, first.incident.id);
+    // Same elder and kind, new key, within the window: merged.
+    let mut rep = alarm("other", AlarmKind::Fall, 43.88, 125.37);
+    rep.elder = first.incident.elder.clone();
+    let merged = r.d.raise(rep.clone()).unwrap();
+    assert!(merged.merged);
+    assert_eq!(merged.incident.id, first.incident.id);
+    assert_eq!(merged.incident.repeat_count, 1);
+    // After the window, a new incident.
+    r.clock.advance(121_000);
+    rep.key = IdempotencyKey::parse("k", "third").unwrap();
+    let third = r.d.raise(rep).unwrap();
+    assert!(!third.merged && third.incident.id != first.incident.id);
+    assert_eq!(r.d.incidents(|_| true).len(), 2);
+}
+
+#[test]
+fn offer_timeout_moves_on_and_arrival_overdue_is_flagged() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    r.clock.advance(59_000);
+    r.d.tick();
+    assert_eq!(r.d.incident(inc.id).unwrap().assigned, Some(cg("a")));
+    r.clock.advance(2_000);
+    r.d.tick();
+    let now = r.d.incident(inc.id).unwrap();
+    assert_eq!(now.assigned, Some(cg("b")));
+    assert_eq!(now.declined_by, vec![cg("a")]);
+    r.d.accept(inc.id, &cg("b")).unwrap();
+    r.clock.advance(3_600_000);
+    r.d.tick();
+    assert!(r.d.incident(inc.id).unwrap().arrival_overdue);
+    let overdue = r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::ArrivalOverdue).count();
+    assert_eq!(overdue, 1);
+    r.d.tick();
+    let overdue = r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::ArrivalOverdue).count();
+    assert_eq!(overdue, 1, "flagged once");
+}
+
+#[test]
+fn a_failed_journal_write_changes_nothing_and_the_key_can_be_retried() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
+    r.journal.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)), Err(DispatchError::Journal(_))));
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available, "claim undone");
+    r.journal.fail.store(false, Ordering::SeqCst);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)).unwrap();
+    assert!(!inc.duplicate);
+    r.journal.fail.store(true, Ordering::SeqCst);
+    assert!(r.d.decline(inc.incident.id, &cg("a"), "").is_err());
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().active_incident, Some(inc.incident.id), "a still holds it");
+    assert_eq!(r.d.caregiver(&cg("b")).unwrap().status, CaregiverStatus::Available, "b's claim undone");
+}
+
+#[test]
+fn restore_rebuilds_open_incidents_claims_and_keys() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)).unwrap().incident;
+    let journal = r.journal.events.lock().unwrap().clone();
+    let last = journal.last().unwrap().incident.clone();
+    let fresh = rig(&[("a", 43.880, 125.370)]);
+    for _ in 0..2 {
+        fresh.d.restore(vec![last.clone()], vec![(inc.key.clone(), inc.id)]);
+    }
+    assert_eq!(fresh.d.caregiver(&cg("a")).unwrap().active_incident, Some(inc.id));
+    let again = fresh.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)).unwrap();
+    assert!(again.duplicate);
+    let next = fresh.d.raise(alarm("k2", AlarmKind::Gas, 43.88, 125.37)).unwrap().incident;
+    assert!(next.id > inc.id, "ids continue after the restored ones");
+    fresh.d.accept(inc.id, &cg("a")).unwrap();
+}
+
+/// Many threads raise alarms and many act as caregivers on few caregivers:
+/// no caregiver ever holds two incidents, and every incident ends in an
+/// allowed state with its holder consistent with the roster.
+#[test]
+fn stress_one_incident_per_caregiver() {
+    let caregivers: Vec<(String, f64, f64)> =
+        (0..6).map(|i| (format!("c{i}"), 43.88 + i as f64 * 0.001, 125.37)).collect();
+    let refs: Vec<(&str, f64, f64)> = caregivers.iter().map(|(s, a, b)| (s.as_str(), *a, *b)).collect();
+    let r = Arc::new(rig(&refs));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for n in 0..300 {
+                    let key = format!("t{t}-{n}");
+                    let inc = r.d.raise(alarm(&key, AlarmKind::ALL[n % 9], 43.88, 125.37)).unwrap().incident;
+                    // Check the invariant from the roster's side while others race.
+                    for c in 0..6 {
+                        let v = r.d.caregiver(&cg(&format!("c{c}"))).unwrap();
+                        if v.status != CaregiverStatus::Busy {
+                            continue;
+                        }
+                        if let Some(held) = v.active_incident.and_then(|id| r.d.incident(id)) {
+                            if held.state.is_open() && held.state.holds_caregiver() {
+                                assert_eq!(held.assigned, Some(v.profile.id.clone()));
+                            }
+                        }
+                    }
+                    if let Some(holder) = inc.assigned.clone() {
+                        let _ = match n % 3 {
+                            0 => r.d.decline(inc.id, &holder, "busy"),
+                            1 => r.d.accept(inc.id, &holder).and_then(|_| r.d.resolve(inc.id, Some(&holder), Outcome::Assisted, "")),
+                            _ => r.d.resolve(inc.id, None, Outcome::FalseAlarm, ""),
+                        };
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = r.d.incidents(|_| true);
+    assert_eq!(all.len(), 8 * 300 - (r.d.kpis().merged as usize));
+    let mut holders = std::collections::HashMap::new();
+    for inc in &all {
+        assert!(
+            matches!(
+                inc.state,
+                IncidentState::Offered | IncidentState::Resolved | IncidentState::Escalated
+            ),
+            "{:?} in {:?}",
+            inc.id,
+            inc.state
+        );
+        if inc.state.holds_caregiver() {
+            let h = inc.assigned.clone().unwrap();
+            assert!(holders.insert(h.clone(), inc.id).is_none(), "{h} holds two incidents");
+            assert_eq!(r.d.caregiver(&h).unwrap().active_incident, Some(inc.id));
+        }
+    }
+    for c in 0..6 {
+        let v = r.d.caregiver(&cg(&format!("c{c}"))).unwrap();
+        assert_eq!(v.active_incident, holders.get(&v.profile.id).copied());
+        assert_eq!(v.status == CaregiverStatus::Busy, v.active_incident.is_some());
+    }
+}
