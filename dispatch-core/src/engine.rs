@@ -49,10 +49,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
 }
 
@@ -229,7 +226,12 @@ fn event(kind: EventKind, inc: &Incident, now: i64, caregiver: Option<&Caregiver
 }
 
 impl Dispatcher {
-    pub fn new(config: DispatchConfig, journal: Arc<dyn Journal>, sink: Arc<dyn EventSink>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: DispatchConfig,
+        journal: Arc<dyn Journal>,
+        sink: Arc<dyn EventSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Dispatcher {
             config,
             journal,
@@ -461,14 +463,24 @@ impl Dispatcher {
             }
         }
         let (reason, note) = if inc.declined_by.is_empty() {
-            (EscalationReason::NoCaregiverAvailable, format!("no free caregiver within {:.0} km", self.config.max_radius_m / 1000.0))
+            (
+                EscalationReason::NoCaregiverAvailable,
+                format!("no free caregiver within {:.0} km", self.config.max_radius_m / 1000.0),
+            )
         } else {
             (EscalationReason::AllDeclined, format!("no free caregiver left after {} declined", inc.declined_by.len()))
         };
         self.escalate_in(inc, reason, &note, now, events);
     }
 
-    fn escalate_in(&self, inc: &mut Incident, reason: EscalationReason, note: &str, now: i64, events: &mut Vec<IncidentEvent>) {
+    fn escalate_in(
+        &self,
+        inc: &mut Incident,
+        reason: EscalationReason,
+        note: &str,
+        now: i64,
+        events: &mut Vec<IncidentEvent>,
+    ) {
         let released = self.release_holder(inc);
         inc.state = IncidentState::Escalated;
         inc.escalation = Some(reason);
@@ -500,7 +512,8 @@ impl Dispatcher {
         id: IncidentId,
         f: impl FnOnce(&mut Incident, i64, &mut Vec<IncidentEvent>) -> Result<()>,
     ) -> Result<Incident> {
-        let cell = self.incidents.get(&id).map(|c| c.clone()).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
+        let cell =
+            self.incidents.get(&id).map(|c| c.clone()).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
         let mut guard = cell.lock();
         let current = guard.as_ref().ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
         let before = current.clone();
@@ -563,7 +576,11 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check_holder(inc, cg)?;
             if inc.state != IncidentState::Offered {
-                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::Accepted });
+                return Err(DispatchError::InvalidTransition {
+                    incident: id.to_string(),
+                    from: inc.state,
+                    to: IncidentState::Accepted,
+                });
             }
             inc.state = IncidentState::Accepted;
             inc.accepted_ms = Some(now);
@@ -579,7 +596,11 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check_holder(inc, cg)?;
             if inc.state != IncidentState::Offered {
-                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::Pending });
+                return Err(DispatchError::InvalidTransition {
+                    incident: id.to_string(),
+                    from: inc.state,
+                    to: IncidentState::Pending,
+                });
             }
             self.release_holder(inc);
             inc.declined_by.push(cg.clone());
@@ -596,7 +617,11 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check_holder(inc, cg)?;
             if inc.state != IncidentState::Accepted {
-                return Err(DispatchError::InvalidTransition { incident: id.to_string(), from: inc.state, to: IncidentState::OnScene });
+                return Err(DispatchError::InvalidTransition {
+                    incident: id.to_string(),
+                    from: inc.state,
+                    to: IncidentState::OnScene,
+                });
             }
             inc.state = IncidentState::OnScene;
             inc.arrived_ms = Some(now);
@@ -641,7 +666,10 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check(inc, IncidentState::Offered)?;
             if inc.assigned.as_ref() == Some(to) {
-                return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason: format!("already holds {id}") });
+                return Err(DispatchError::CaregiverNotFree {
+                    caregiver: to.to_string(),
+                    reason: format!("already holds {id}"),
+                });
             }
             if !slot.try_claim(id, true) {
                 let reason = match slot.active_incident() {
@@ -748,8 +776,7 @@ impl Dispatcher {
     /// Every incident held in memory that `keep` accepts, by id.
     pub fn incidents(&self, keep: impl Fn(&Incident) -> bool) -> Vec<Incident> {
         let cells: Vec<IncidentCell> = self.incidents.iter().map(|e| e.value().clone()).collect();
-        let mut out: Vec<Incident> =
-            cells.iter().filter_map(|c| c.lock().clone()).filter(|i| keep(i)).collect();
+        let mut out: Vec<Incident> = cells.iter().filter_map(|c| c.lock().clone()).filter(|i| keep(i)).collect();
         out.sort_by_key(|i| i.id);
         out
     }

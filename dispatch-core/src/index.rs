@@ -216,7 +216,8 @@ mod tests {
                 s.try_claim(crate::types::IncidentId(n as u64 + 1), false);
             }
             if n % 5 == 0 {
-                let p = GeoPoint::new("p", 43.8 + rng.random::<f64>() * 0.2, 125.2 + rng.random::<f64>() * 0.3).unwrap();
+                let p =
+                    GeoPoint::new("p", 43.8 + rng.random::<f64>() * 0.2, 125.2 + rng.random::<f64>() * 0.3).unwrap();
                 s.set_position(&p, 1);
                 grid.upsert(s);
             }

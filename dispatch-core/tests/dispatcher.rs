@@ -42,7 +42,12 @@ fn rig(caregivers: &[(&str, f64, f64)]) -> Rig {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let d = Dispatcher::new(DispatchConfig::default(), journal.clone(), Arc::new(NoSink), clock.clone());
     for (id, lat, lon) in caregivers {
-        d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home: p(*lat, *lon), mode: TravelMode::Bike });
+        d.upsert_caregiver(CaregiverProfile {
+            id: cg(id),
+            skills: vec![],
+            home: p(*lat, *lon),
+            mode: TravelMode::Bike,
+        });
         d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
     }
     Rig { d, journal, clock }
@@ -219,7 +224,10 @@ fn stress_one_incident_per_caregiver() {
                     if let Some(holder) = inc.assigned.clone() {
                         let _ = match n % 3 {
                             0 => r.d.decline(inc.id, &holder, "busy"),
-                            1 => r.d.accept(inc.id, &holder).and_then(|_| r.d.resolve(inc.id, Some(&holder), Outcome::Assisted, "")),
+                            1 => {
+                                r.d.accept(inc.id, &holder)
+                                    .and_then(|_| r.d.resolve(inc.id, Some(&holder), Outcome::Assisted, ""))
+                            }
                             _ => r.d.resolve(inc.id, None, Outcome::FalseAlarm, ""),
                         };
                     }
@@ -235,10 +243,7 @@ fn stress_one_incident_per_caregiver() {
     let mut holders = std::collections::HashMap::new();
     for inc in &all {
         assert!(
-            matches!(
-                inc.state,
-                IncidentState::Offered | IncidentState::Resolved | IncidentState::Escalated
-            ),
+            matches!(inc.state, IncidentState::Offered | IncidentState::Resolved | IncidentState::Escalated),
             "{:?} in {:?}",
             inc.id,
             inc.state

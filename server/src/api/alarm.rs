@@ -1,0 +1,147 @@
+//! AlarmService: RaiseAlarm and StreamAlarms for devices and gateways.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dispatch_core as core;
+use futures::Stream;
+use proto::v1 as pb;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::blocking;
+use crate::app::AppState;
+use crate::convert::{alarm_kind, geo_opt, incident_pb, text, MAX_DETAIL_BYTES};
+use crate::error::{ApiError, ApiResult};
+
+/// Alarms of one stream being processed at once.
+const STREAM_WINDOW: usize = 256;
+
+pub struct AlarmApi {
+    pub state: Arc<AppState>,
+}
+
+/// Validates a request against the registry and turns it into a core alarm.
+pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiResult<core::Alarm> {
+    let key = core::IdempotencyKey::parse("idempotency_key", &req.idempotency_key)?;
+    let elder_id = core::ElderId::parse("elder_id", &req.elder_id)?;
+    let kind = pb::AlarmKind::try_from(req.kind)
+        .ok()
+        .and_then(alarm_kind)
+        .ok_or_else(|| ApiError::invalid("kind", format!("{} is not an alarm kind", req.kind)))?;
+    text("detail", &req.detail, MAX_DETAIL_BYTES)?;
+    let location = geo_opt("location", req.location.as_ref())?;
+    let elder = state
+        .registry
+        .elders
+        .get(elder_id.as_str())
+        .map(|e| e.clone())
+        .ok_or_else(|| ApiError::NotFound { what: "elder_id: elder", id: elder_id.to_string() })?;
+    let device = if req.device_id.is_empty() {
+        None
+    } else {
+        let d = core::DeviceId::parse("device_id", &req.device_id)?;
+        let bound = state.registry.devices.get(d.as_str()).map(|x| x.elder_id.clone());
+        match bound {
+            None => return Err(ApiError::NotFound { what: "device_id: device", id: d.to_string() }),
+            Some(e) if e != elder.id => {
+                return Err(ApiError::invalid(
+                    "device_id",
+                    format!("device {d} is bound to elder {e}, not {}", elder.id),
+                ))
+            }
+            Some(_) => Some(d),
+        }
+    };
+    let location = match location {
+        Some(l) => l,
+        None => crate::convert::geo("elder.location", elder.location.as_ref())?,
+    };
+    if req.occurred_unix_ms < 0 {
+        return Err(ApiError::invalid("occurred_unix_ms", "must not be negative"));
+    }
+    Ok(core::Alarm {
+        key,
+        elder: elder_id,
+        device,
+        kind,
+        location,
+        occurred_ms: if req.occurred_unix_ms == 0 { now } else { req.occurred_unix_ms },
+        detail: req.detail.clone(),
+    })
+}
+
+/// Validates, makes durable, dispatches. A retried key returns the original
+/// incident; a key reused for a different alarm is ALREADY_EXISTS.
+pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResult<pb::RaiseAlarmResponse> {
+    let alarm = to_alarm(&state, &req, super::now_ms())?;
+    let (elder, kind) = (alarm.elder.clone(), alarm.kind);
+    let span = tracing::debug_span!("dispatch.raise", key = %alarm.key);
+    let d = state.dispatcher.clone();
+    let out = blocking(move || span.in_scope(|| Ok(d.raise(alarm)?))).await?;
+    if out.duplicate && (out.incident.elder != elder || out.incident.kind != kind) {
+        return Err(ApiError::AlreadyExists(format!(
+            "idempotency_key: {} was already used for a different alarm ({})",
+            req.idempotency_key, out.incident.id
+        )));
+    }
+    Ok(pb::RaiseAlarmResponse {
+        incident: Some(incident_pb(&out.incident)),
+        duplicate: out.duplicate,
+        merged: out.merged,
+    })
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::AlarmAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::alarm_service_server::AlarmService for AlarmApi {
+    #[tracing::instrument(skip(self, request), fields(key = %request.get_ref().idempotency_key, elder = %request.get_ref().elder_id))]
+    async fn raise_alarm(
+        &self,
+        request: Request<pb::RaiseAlarmRequest>,
+    ) -> Result<Response<pb::RaiseAlarmResponse>, Status> {
+        Ok(Response::new(raise(self.state.clone(), request.into_inner()).await?))
+    }
+
+    type StreamAlarmsStream = AckStream;
+
+    #[tracing::instrument(skip(self, request))]
+    async fn stream_alarms(
+        &self,
+        request: Request<Streaming<pb::RaiseAlarmRequest>>,
+    ) -> Result<Response<Self::StreamAlarmsStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::AlarmAck, Status>>(STREAM_WINDOW);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let window = Arc::new(Semaphore::new(STREAM_WINDOW));
+            loop {
+                let msg = match input.next().await {
+                    Some(Ok(m)) => m,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "alarm stream ended by the client");
+                        break;
+                    }
+                    None => break,
+                };
+                let Ok(permit) = window.clone().acquire_owned().await else { break };
+                let (state, tx) = (state.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (key, sequence) = (msg.idempotency_key.clone(), msg.sequence);
+                    let result = match raise(state, msg).await {
+                        Ok(r) => pb::alarm_ack::Result::Accepted(r),
+                        Err(e) => {
+                            pb::alarm_ack::Result::Error(pb::AckError { code: e.code() as i32, message: e.to_string() })
+                        }
+                    };
+                    let _ = tx.send(Ok(pb::AlarmAck { idempotency_key: key, sequence, result: Some(result) })).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,202 @@
+//! Assembles the server: store, registry, dispatcher, fan-out, timers and the
+//! tonic services (with gRPC health and reflection), and runs it until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dashmap::DashMap;
+use dispatch_core::{self as core, Dispatcher, SystemClock};
+use proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::alarm::AlarmApi;
+use crate::api::caregiver::CaregiverApi;
+use crate::api::dispatch::DispatchApi;
+use crate::api::registry::RegistryApi;
+use crate::api::scheduling::SchedulingApi;
+use crate::config::Config;
+use crate::convert::{caregiver_profile, core_status};
+use crate::fanout::Fanout;
+use crate::registry::Registry;
+use crate::store::{Store, StoreWriter};
+
+/// Largest request message accepted (bytes); larger ones are refused by tonic.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response message sent (bytes).
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub dispatcher: Arc<Dispatcher>,
+    pub registry: Arc<Registry>,
+    pub fanout: Arc<Fanout>,
+    pub store: Store,
+    /// When each caregiver's position was last written to the store.
+    pub position_persisted: DashMap<String, i64>,
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    ticker: JoinHandle<()>,
+    writer: Option<StoreWriter>,
+}
+
+impl RunningServer {
+    /// Stops accepting calls, ends the timers, commits what is queued and
+    /// closes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.ticker.abort();
+        let served = (&mut self.serve).await;
+        if let Some(w) = self.writer.take() {
+            tokio::task::spawn_blocking(move || w.close()).await.context("closing the store")?;
+        }
+        served.context("server task")?.context("gRPC server")?;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (an error) — `serve` runs until a signal.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.serve).await.context("server task")?.context("gRPC server")
+    }
+}
+
+/// Opens the store under `config.data_dir`, rebuilds state, and starts
+/// serving on `listener`.
+pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
+    let addr = listener.local_addr().context("listener address")?;
+    let dir = config.data_dir.clone();
+    let (store, writer, snapshot) = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+
+    let registry = Arc::new(Registry::default());
+    let fanout = Arc::new(Fanout::new(registry.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        config.dispatch.clone(),
+        Arc::new(store.clone()),
+        fanout.clone(),
+        Arc::new(SystemClock),
+    ));
+    let counts = (snapshot.elders.len(), snapshot.caregivers.len(), snapshot.devices.len());
+    for e in snapshot.elders {
+        registry.elders.insert(e.id.clone(), e);
+    }
+    for d in snapshot.devices {
+        registry.devices.insert(d.id.clone(), d);
+    }
+    for (c, status, pos, seen) in snapshot.caregivers {
+        let profile = caregiver_profile(&c).map_err(|e| anyhow::anyhow!("stored caregiver {}: {e}", c.id))?;
+        let id = profile.id.clone();
+        dispatcher.upsert_caregiver(profile);
+        if let Some(p) = pos.and_then(|(lat, lon)| core::GeoPoint::new("position", lat, lon).ok()) {
+            dispatcher.update_location(&id, p, seen)?;
+        }
+        let status = pb::CaregiverStatus::try_from(status).ok().and_then(core_status);
+        if let Some(s) = status.filter(|s| *s != core::CaregiverStatus::Busy) {
+            dispatcher.set_status(&id, s, None)?;
+        }
+        registry.caregivers.insert(c.id.clone(), c);
+    }
+    let open = snapshot.incidents.iter().filter(|i| i.state.is_open()).count();
+    let total = snapshot.incidents.len();
+    dispatcher.restore(snapshot.incidents, snapshot.keys);
+    tracing::info!(
+        data = %store.path().display(),
+        elders = counts.0, caregivers = counts.1, devices = counts.2, incidents = total, open_incidents = open,
+        "store opened"
+    );
+
+    let state = Arc::new(AppState { dispatcher, registry, fanout, store, position_persisted: DashMap::new() });
+
+    let ticker = {
+        let d = state.dispatcher.clone();
+        let period = Duration::from_millis(config.tick_ms);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let d = d.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || d.tick()).await {
+                    tracing::error!(error = %e, "timer tick failed");
+                }
+            }
+        })
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::alarm_service_server::AlarmServiceServer<AlarmApi>>().await;
+    health.set_serving::<pb::dispatch_service_server::DispatchServiceServer<DispatchApi>>().await;
+    health.set_serving::<pb::caregiver_service_server::CaregiverServiceServer<CaregiverApi>>().await;
+    health.set_serving::<pb::registry_service_server::RegistryServiceServer<RegistryApi>>().await;
+    health.set_serving::<pb::scheduling_service_server::SchedulingServiceServer<SchedulingApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    macro_rules! limited {
+        ($server:ty, $api:expr) => {
+            <$server>::new($api)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES)
+        };
+    }
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(limited!(
+            pb::alarm_service_server::AlarmServiceServer<AlarmApi>,
+            AlarmApi { state: state.clone() }
+        ))
+        .add_service(limited!(
+            pb::dispatch_service_server::DispatchServiceServer<DispatchApi>,
+            DispatchApi { state: state.clone() }
+        ))
+        .add_service(limited!(
+            pb::caregiver_service_server::CaregiverServiceServer<CaregiverApi>,
+            CaregiverApi { state: state.clone() }
+        ))
+        .add_service(limited!(
+            pb::registry_service_server::RegistryServiceServer<RegistryApi>,
+            RegistryApi { state: state.clone() }
+        ))
+        .add_service(limited!(
+            pb::scheduling_service_server::SchedulingServiceServer<SchedulingApi>,
+            SchedulingApi { state: state.clone() }
+        ));
+    let (tx, rx) = oneshot::channel::<()>();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, "anxin listening");
+    Ok(RunningServer { addr, state, shutdown: Some(tx), serve, ticker, writer: Some(writer) })
+}
+
+/// Binds `config.listen` and starts.
+pub async fn bind_and_start(config: &Config) -> anyhow::Result<RunningServer> {
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    start(config, listener).await
+}

@@ -1,0 +1,97 @@
+//! Fan-out of durable incident events to dispatch consoles and caregiver apps
+//! through bounded broadcast channels. A slow console never slows dispatch: it
+//! lags, and is told to resync.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dispatch_core::{EventKind, IncidentEvent};
+use parking_lot::Mutex;
+use proto::v1 as pb;
+use tokio::sync::broadcast;
+
+use crate::convert::{event_kind_pb, incident_pb};
+use crate::registry::Registry;
+
+/// Events buffered per console before it lags.
+pub const CONSOLE_BUFFER: usize = 8192;
+/// Events buffered per caregiver app before it lags.
+pub const CAREGIVER_BUFFER: usize = 64;
+
+pub struct Fanout {
+    registry: Arc<Registry>,
+    /// Sequence numbers are assigned under this lock so they are increasing in channel order.
+    console: Mutex<(u64, broadcast::Sender<Arc<pb::IncidentEvent>>)>,
+    caregivers: DashMap<String, broadcast::Sender<pb::AssignmentEvent>>,
+}
+
+impl Fanout {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let (tx, _) = broadcast::channel(CONSOLE_BUFFER);
+        Fanout { registry, console: Mutex::new((0, tx)), caregivers: DashMap::new() }
+    }
+
+    pub fn subscribe_console(&self) -> broadcast::Receiver<Arc<pb::IncidentEvent>> {
+        self.console.lock().1.subscribe()
+    }
+
+    pub fn subscribe_caregiver(&self, id: &str) -> broadcast::Receiver<pb::AssignmentEvent> {
+        self.caregivers.entry(id.to_owned()).or_insert_with(|| broadcast::channel(CAREGIVER_BUFFER).0).subscribe()
+    }
+
+    /// The assignment event for `incident` as seen by caregiver `cg`.
+    pub fn assignment(&self, kind: pb::AssignmentEventKind, incident: pb::Incident) -> pb::AssignmentEvent {
+        let elder = self.registry.elders.get(&incident.elder_id).map(|e| e.clone());
+        pb::AssignmentEvent {
+            kind: kind as i32,
+            eta_s: incident.assigned_eta_s,
+            respond_by_unix_ms: incident.offer_deadline_unix_ms,
+            incident: Some(incident),
+            elder,
+        }
+    }
+
+    fn to_caregiver(&self, cg: &str, kind: pb::AssignmentEventKind, incident: &pb::Incident) {
+        let Some(tx) = self.caregivers.get(cg).map(|t| t.clone()) else { return };
+        if tx.send(self.assignment(kind, incident.clone())).is_err() {
+            // Nobody listens any more; forget the channel unless someone re-subscribed.
+            self.caregivers.remove_if(cg, |_, t| t.receiver_count() == 0);
+        }
+    }
+}
+
+impl dispatch_core::EventSink for Fanout {
+    fn publish(&self, events: &[IncidentEvent]) {
+        use pb::AssignmentEventKind as A;
+        for e in events {
+            let incident = incident_pb(&e.incident);
+            let cg = e.caregiver.as_ref().map(|c| c.as_str());
+            if let Some(cg) = cg {
+                let kind = match e.kind {
+                    EventKind::Offered | EventKind::Reassigned => Some(A::Offer),
+                    EventKind::Declined | EventKind::OfferExpired | EventKind::OfferWithdrawn => Some(A::Withdrawn),
+                    EventKind::Resolved | EventKind::Cancelled | EventKind::Escalated => Some(A::Closed),
+                    EventKind::Merged | EventKind::ArrivalOverdue | EventKind::Accepted | EventKind::Arrived => {
+                        Some(A::Updated)
+                    }
+                    EventKind::Created | EventKind::Deferred => None,
+                };
+                if let Some(kind) = kind {
+                    self.to_caregiver(cg, kind, &incident);
+                }
+            }
+            let mut console = self.console.lock();
+            console.0 += 1;
+            let ev = pb::IncidentEvent {
+                seq: console.0,
+                at_unix_ms: e.at_ms,
+                kind: event_kind_pb(e.kind) as i32,
+                incident: Some(incident),
+                caregiver_id: cg.unwrap_or_default().to_owned(),
+                note: e.note.clone(),
+            };
+            // No console listening is fine: events are durable in the store.
+            let _ = console.1.send(Arc::new(ev));
+        }
+    }
+}
