@@ -30,6 +30,9 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response message sent (bytes).
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How long shutdown waits for open calls to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Shared state of every handler.
 pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
@@ -38,6 +41,18 @@ pub struct AppState {
     pub store: Store,
     /// When each caregiver's position was last written to the store.
     pub position_persisted: DashMap<String, i64>,
+    /// Turns true when the server shuts down; long-lived streams end on it.
+    pub closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Resolves when the server starts shutting down.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
 }
 
 /// A server running in this process.
@@ -54,11 +69,21 @@ impl RunningServer {
     /// Stops accepting calls, ends the timers, commits what is queued and
     /// closes the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.state.closing.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.ticker.abort();
-        let served = (&mut self.serve).await;
+        // Calls still open after the grace period (a client that keeps its
+        // upload stream open) are cut off; every acknowledged write is durable.
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serve).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing them");
+                self.serve.abort();
+                Ok(Ok(()))
+            }
+        };
         if let Some(w) = self.writer.take() {
             tokio::task::spawn_blocking(move || w.close()).await.context("closing the store")?;
         }
@@ -119,7 +144,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         "store opened"
     );
 
-    let state = Arc::new(AppState { dispatcher, registry, fanout, store, position_persisted: DashMap::new() });
+    let state = Arc::new(AppState {
+        dispatcher,
+        registry,
+        fanout,
+        store,
+        position_persisted: DashMap::new(),
+        closing: tokio::sync::watch::channel(false).0,
+    });
 
     let ticker = {
         let d = state.dispatcher.clone();

@@ -116,10 +116,16 @@ impl pb::alarm_service_server::AlarmService for AlarmApi {
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<pb::AlarmAck, Status>>(STREAM_WINDOW);
         let state = self.state.clone();
+        let closed = self.state.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             let window = Arc::new(Semaphore::new(STREAM_WINDOW));
             loop {
-                let msg = match input.next().await {
+                let next = tokio::select! {
+                    m = input.next() => m,
+                    _ = &mut closed => break,
+                };
+                let msg = match next {
                     Some(Ok(m)) => m,
                     Some(Err(status)) => {
                         tracing::debug!(%status, "alarm stream ended by the client");

@@ -152,14 +152,20 @@ impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
             self.state.fanout.assignment(kind, incident_pb(&inc))
         });
         let (tx, rx) = mpsc::channel(64);
+        let closed = self.state.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             if let Some(ev) = first {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
             }
             loop {
-                let ev = match events.recv().await {
+                let recv = tokio::select! {
+                    r = events.recv() => r,
+                    _ = &mut closed => return,
+                };
+                let ev = match recv {
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(_)) => pb::AssignmentEvent {
                         kind: pb::AssignmentEventKind::ResyncRequired as i32,

@@ -71,7 +71,9 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
         let snapshot = if req.include_open_snapshot { self.state.dispatcher.open_incidents() } else { Vec::new() };
         let (tx, rx) = mpsc::channel(256);
         let keep = move |i: &pb::Incident| i.severity >= min as i32;
+        let closed = self.state.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             for inc in snapshot {
                 let inc = incident_pb(&inc);
                 if !keep(&inc) {
@@ -90,7 +92,11 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
                 }
             }
             loop {
-                let ev = match events.recv().await {
+                let recv = tokio::select! {
+                    r = events.recv() => r,
+                    _ = &mut closed => return,
+                };
+                let ev = match recv {
                     Ok(ev) if ev.incident.as_ref().is_some_and(|i| keep(i)) => (*ev).clone(),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => pb::IncidentEvent {
