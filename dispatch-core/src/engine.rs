@@ -324,6 +324,12 @@ impl Dispatcher {
         self.roster.get(id).map(|s| s.clone()).map(|s| self.view(&s))
     }
 
+    /// The `k` free caregivers nearest to `at` by estimated travel time (no claim is made).
+    pub fn nearest_available(&self, at: &GeoPoint, k: usize) -> Vec<crate::index::Candidate> {
+        let filter = MatchFilter { max_radius_m: self.config.max_radius_m, ..Default::default() };
+        self.index.nearest(at, k, &filter, &self.config.travel)
+    }
+
     pub fn caregiver_count(&self) -> usize {
         self.roster.len()
     }

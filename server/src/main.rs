@@ -108,11 +108,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(_) => {
             let config = Config::from_raw(&raw)?;
             let mut running = server::app::bind_and_start(&config).await?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
             tokio::select! {
                 r = running.wait() => r?,
                 r = tokio::signal::ctrl_c() => {
                     r.context("waiting for ctrl-c")?;
-                    tracing::info!("shutting down");
+                    tracing::info!("interrupted; shutting down");
+                    running.shutdown().await?;
+                }
+                _ = term.recv() => {
+                    tracing::info!("terminated; shutting down");
                     running.shutdown().await?;
                 }
             }

@@ -68,18 +68,22 @@ struct Request {
     done: Option<Sender<Result<(), String>>>,
 }
 
+#[allow(clippy::large_enum_variant)] // Stop is sent once
 enum Msg {
     Write(Request),
     /// Commit what is queued before this and stop.
     Stop,
 }
 
+/// A caregiver with its stored duty status (a `pb::CaregiverStatus`), last
+/// position and when it was seen.
+pub type StoredCaregiver = (pb::Caregiver, i32, Option<(f64, f64)>, i64);
+
 /// Everything read back at start-up.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub elders: Vec<pb::Elder>,
-    /// Caregivers with their stored duty status and last position.
-    pub caregivers: Vec<(pb::Caregiver, i32, Option<(f64, f64)>, i64)>,
+    pub caregivers: Vec<StoredCaregiver>,
     pub devices: Vec<pb::Device>,
     pub incidents: Vec<dispatch_core::Incident>,
     pub keys: Vec<(IdempotencyKey, IncidentId)>,

@@ -31,8 +31,14 @@ impl Drop for TelemetryGuard {
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, default_level: &str) -> anyhow::Result<TelemetryGuard> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr).boxed()
+        }
     };
     let mut provider = None;
     let otel = match otlp_endpoint.filter(|e| !e.is_empty()) {

@@ -97,7 +97,7 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
                     _ = &mut closed => return,
                 };
                 let ev = match recv {
-                    Ok(ev) if ev.incident.as_ref().is_some_and(|i| keep(i)) => (*ev).clone(),
+                    Ok(ev) if ev.incident.as_ref().is_some_and(&keep) => (*ev).clone(),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => pb::IncidentEvent {
                         kind: pb::IncidentEventKind::ResyncRequired as i32,

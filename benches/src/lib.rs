@@ -1,0 +1,35 @@
+//! Shared fixtures of the benchmarks: synthetic cities of caregivers.
+
+use std::sync::Arc;
+
+use dispatch_core::{CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, GeoPoint, TravelMode};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A city of about 30 x 30 km around Changchun.
+pub const CITY: ((f64, f64), (f64, f64)) = ((43.75, 44.02), (125.15, 125.55));
+
+pub fn random_point(rng: &mut StdRng) -> GeoPoint {
+    let ((la0, la1), (lo0, lo1)) = CITY;
+    GeoPoint::new("p", rng.random_range(la0..la1), rng.random_range(lo0..lo1)).unwrap_or_else(|_| unreachable!())
+}
+
+/// A dispatcher with `n` caregivers on duty, `busy` of them (a fraction) busy.
+pub fn city(n: usize, busy: f64, seed: u64) -> Arc<Dispatcher> {
+    let d = Arc::new(Dispatcher::new(
+        Default::default(),
+        Arc::new(dispatch_core::NoJournal),
+        Arc::new(dispatch_core::NoSink),
+        Arc::new(dispatch_core::SystemClock),
+    ));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
+    for i in 0..n {
+        let id = CaregiverId::parse("id", &format!("C{i}")).unwrap_or_else(|_| unreachable!());
+        let home = random_point(&mut rng);
+        d.upsert_caregiver(CaregiverProfile { id: id.clone(), skills: vec![], home, mode: modes[i % 3] });
+        let status = if rng.random_bool(busy) { CaregiverStatus::OnVisit } else { CaregiverStatus::Available };
+        let _ = d.set_status(&id, status, None);
+    }
+    d
+}

@@ -1,0 +1,511 @@
+//! `anxin-loadtest`: drives an Anxin server through its public gRPC API —
+//! seeds elders and caregivers, simulates caregiver apps and device gateways —
+//! and measures acknowledgement and assignment latency with HDR histograms.
+//! `verify` checks that every acknowledged alarm exists on the server.
+//! Talks to the server only on the address given; every loop is bounded.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use proto::v1 as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "anxin-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seed the registry, simulate caregivers and gateways, and measure.
+    Run(RunArgs),
+    /// Confirm that every acknowledged alarm of an acked log exists on the server.
+    Verify {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        acked_log: PathBuf,
+        /// Look-ups in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Scenario {
+    /// Constant rate.
+    Steady,
+    /// A 20x spike in the middle fifth of the run.
+    Burst,
+    /// Thousands of devices going offline at once plus critical alarms, in the middle fifth.
+    Storm,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Mode {
+    /// Gateways on StreamAlarms.
+    Stream,
+    /// RaiseAlarm calls, `--concurrency` in flight.
+    Unary,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Server URL, e.g. http://127.0.0.1:50051 (loopback only in tests and CI).
+    #[arg(long)]
+    target: String,
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    scenario: Scenario,
+    #[arg(long, value_enum, default_value_t = Mode::Stream)]
+    mode: Mode,
+    /// Alarms per second (base rate).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of load (at most 3600).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 200)]
+    caregivers: usize,
+    #[arg(long, default_value_t = 2000)]
+    elders: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Requests in flight in unary mode; gateway streams in stream mode.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Append the idempotency key of every acknowledged alarm, one per line.
+    #[arg(long)]
+    acked_log: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Run(a) => run(a).await,
+        Command::Verify { target, acked_log, concurrency } => verify(&target, &acked_log, concurrency).await,
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("anxin-loadtest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(target: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(target.to_owned())
+        .with_context(|| format!("--target: {target:?} is not a URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))
+}
+
+struct Stats {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    assigned: AtomicU64,
+    escalated: AtomicU64,
+    ack_us: Mutex<Histogram<u64>>,
+    assign_us: Mutex<Histogram<u64>>,
+    acked_log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Stats {
+    fn ack(&self, key: &str, sent: Instant, r: Option<pb::alarm_ack::Result>) {
+        let us = sent.elapsed().as_micros().max(1) as u64;
+        match r {
+            Some(pb::alarm_ack::Result::Accepted(resp)) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+                let _ = self.ack_us.lock().record(us);
+                let state = resp.incident.map(|i| i.state).unwrap_or(0);
+                if state == pb::IncidentState::Offered as i32 {
+                    self.assigned.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.assign_us.lock().record(us);
+                } else if state == pb::IncidentState::Escalated as i32 {
+                    self.escalated.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(log) = &self.acked_log {
+                    let _ = writeln!(log.lock(), "{key}");
+                }
+            }
+            _ => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn hist() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram")
+}
+
+fn summary(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |v: u64| v as f64 / 1000.0;
+    serde_json::json!({
+        "p50": ms(h.value_at_quantile(0.5)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+    })
+}
+
+const CENTRE: (f64, f64) = (43.8650, 125.3860);
+
+fn near(rng: &mut StdRng, km: f64) -> pb::GeoPoint {
+    let r = km * rng.random::<f64>().sqrt();
+    let a = rng.random::<f64>() * std::f64::consts::TAU;
+    pb::GeoPoint {
+        lat: CENTRE.0 + r * a.cos() / 111.2,
+        lon: CENTRE.1 + r * a.sin() / (111.2 * CENTRE.0.to_radians().cos()),
+    }
+}
+
+async fn seed(channel: &Channel, a: &RunArgs, run_id: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let elders: Vec<pb::Elder> = (0..a.elders)
+        .map(|i| pb::Elder {
+            id: format!("{run_id}-E{i}"),
+            name: format!("elder {i}"),
+            location: Some(near(&mut rng, 8.0)),
+            categories: vec![pb::ElderCategory::LivingAlone as i32],
+            ..Default::default()
+        })
+        .collect();
+    let ids: Vec<String> = elders.iter().map(|e| e.id.clone()).collect();
+    let results: Vec<_> = futures::stream::iter(elders)
+        .map(|e| {
+            let mut r = reg.clone();
+            async move { r.upsert_elder(pb::UpsertElderRequest { elder: Some(e) }).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in results {
+        r.context("seeding elders")?;
+    }
+    let mut cg_ids = Vec::new();
+    let mut cg = pb::caregiver_service_client::CaregiverServiceClient::new(channel.clone());
+    let mut reg = reg;
+    for i in 0..a.caregivers {
+        let id = format!("{run_id}-C{i}");
+        let home = near(&mut rng, 8.0);
+        let c = pb::Caregiver {
+            id: id.clone(),
+            home: Some(home),
+            mode: [pb::TravelMode::Walk, pb::TravelMode::Bike, pb::TravelMode::Car][i % 3] as i32,
+            ..Default::default()
+        };
+        reg.upsert_caregiver(pb::UpsertCaregiverRequest { caregiver: Some(c) }).await.context("seeding caregivers")?;
+        cg.set_status(pb::SetStatusRequest {
+            caregiver_id: id.clone(),
+            status: pb::CaregiverStatus::Available as i32,
+            location: Some(home),
+        })
+        .await?;
+        cg_ids.push(id);
+    }
+    Ok((ids, cg_ids))
+}
+
+/// A caregiver app: accepts most offers and resolves at once, declines some.
+async fn caregiver(channel: Channel, id: String, seed: u64, deadline: Instant) {
+    let mut app = pb::caregiver_service_client::CaregiverServiceClient::new(channel.clone());
+    let mut d = pb::dispatch_service_client::DispatchServiceClient::new(channel);
+    let Ok(r) = app.watch_assignments(pb::WatchAssignmentsRequest { caregiver_id: id.clone() }).await else { return };
+    let mut feed = r.into_inner();
+    let mut rng = StdRng::seed_from_u64(seed);
+    while let Ok(Some(Ok(ev))) = tokio::time::timeout_at(deadline.into(), feed.next()).await {
+        if ev.kind != pb::AssignmentEventKind::Offer as i32 {
+            continue;
+        }
+        let Some(inc) = ev.incident else { continue };
+        let act =
+            pb::IncidentActionRequest { incident_id: inc.id.clone(), caregiver_id: id.clone(), note: String::new() };
+        if rng.random_bool(0.05) {
+            let _ = d.decline_incident(act).await;
+            continue;
+        }
+        if d.accept_incident(act.clone()).await.is_ok() && d.mark_arrived(act).await.is_ok() {
+            let _ = d
+                .resolve_incident(pb::ResolveIncidentRequest {
+                    incident_id: inc.id,
+                    caregiver_id: id.clone(),
+                    outcome: pb::ResolutionOutcome::Assisted as i32,
+                    note: String::new(),
+                })
+                .await;
+        }
+    }
+}
+
+fn alarm_for(rng: &mut StdRng, elders: &[String], key: String, storm: bool) -> pb::RaiseAlarmRequest {
+    use pb::AlarmKind as K;
+    let kind = if storm {
+        if rng.random_bool(0.9) {
+            K::DeviceOffline
+        } else {
+            K::SosButton
+        }
+    } else {
+        [
+            K::SosButton,
+            K::Fall,
+            K::Inactivity,
+            K::Smoke,
+            K::Gas,
+            K::Wandering,
+            K::AbnormalVitals,
+            K::DeviceOffline,
+            K::LowBattery,
+        ][rng.random_range(0..9)]
+    };
+    pb::RaiseAlarmRequest {
+        idempotency_key: key,
+        elder_id: elders[rng.random_range(0..elders.len())].clone(),
+        kind: kind as i32,
+        ..Default::default()
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
+    if !(a.rate > 0.0 && a.rate <= 10_000_000.0) {
+        bail!("--rate: {} is not in (0, 10000000]", a.rate);
+    }
+    if !(a.duration > 0.0 && a.duration <= 3600.0) {
+        bail!("--duration: {} is not in (0, 3600] seconds", a.duration);
+    }
+    if a.elders == 0 || a.caregivers == 0 || a.concurrency == 0 {
+        bail!("--elders, --caregivers and --concurrency must be at least 1");
+    }
+    let channel = connect(&a.target).await?;
+    let run_id = format!("lt{}-{}", a.seed, std::process::id());
+    eprintln!("seeding {} elders and {} caregivers ...", a.elders, a.caregivers);
+    let (elders, cgs) = seed(&channel, &a, &run_id).await?;
+    let elders = Arc::new(elders);
+    let acked_log = match &a.acked_log {
+        Some(p) => Some(Mutex::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("--acked-log {}", p.display()))?,
+        ))),
+        None => None,
+    };
+    let stats = Arc::new(Stats {
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        assigned: AtomicU64::new(0),
+        escalated: AtomicU64::new(0),
+        ack_us: Mutex::new(hist()?),
+        assign_us: Mutex::new(hist()?),
+        acked_log,
+    });
+    let total = Duration::from_secs_f64(a.duration);
+    let start = Instant::now();
+    let apps_deadline = start + total + Duration::from_secs(30);
+    for (i, id) in cgs.into_iter().enumerate() {
+        tokio::spawn(caregiver(channel.clone(), id, a.seed ^ i as u64, apps_deadline));
+    }
+    // Senders: each owns a share of the rate and paces itself.
+    let senders = a.concurrency.clamp(1, 64);
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (a, stats, elders, channel, run_id) =
+            (a.clone(), stats.clone(), elders.clone(), channel.clone(), run_id.clone());
+        tasks.push(tokio::spawn(
+            async move { sender(s, senders, a, stats, elders, channel, run_id, start, total).await },
+        ));
+    }
+    let progress = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let acked = stats.acked.load(Ordering::Relaxed);
+                let p99 = stats.ack_us.lock().value_at_quantile(0.99) as f64 / 1000.0;
+                eprintln!(
+                    "t={:>5.1}s sent {} acked {} ({}/s) rejected {} p99 ack {:.2} ms",
+                    start.elapsed().as_secs_f64(),
+                    stats.sent.load(Ordering::Relaxed),
+                    acked,
+                    acked - last,
+                    stats.rejected.load(Ordering::Relaxed),
+                    p99
+                );
+                last = acked;
+            }
+        })
+    };
+    for t in tasks {
+        t.await.context("sender task")??;
+    }
+    progress.abort();
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(log) = &stats.acked_log {
+        log.lock().flush().context("writing the acked log")?;
+    }
+    let sent = stats.sent.load(Ordering::Relaxed);
+    let acked = stats.acked.load(Ordering::Relaxed);
+    let rejected = stats.rejected.load(Ordering::Relaxed);
+    let result = serde_json::json!({
+        "scenario": format!("{:?}", a.scenario).to_lowercase(),
+        "mode": format!("{:?}", a.mode).to_lowercase(),
+        "sent": sent,
+        "acked": acked,
+        "rejected": rejected,
+        "assigned": stats.assigned.load(Ordering::Relaxed),
+        "escalated": stats.escalated.load(Ordering::Relaxed),
+        "lost": sent - acked - rejected,
+        "duration_s": elapsed,
+        "ack_throughput_per_s": acked as f64 / elapsed,
+        "ack_latency_ms": summary(&stats.ack_us.lock()),
+        "assign_latency_ms": summary(&stats.assign_us.lock()),
+    });
+    let text = serde_json::to_string_pretty(&result)?;
+    println!("{text}");
+    if let Some(p) = &a.json {
+        std::fs::write(p, &text).with_context(|| format!("--json {}", p.display()))?;
+    }
+    Ok(if sent == acked + rejected { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sender(
+    s: usize,
+    senders: usize,
+    a: RunArgs,
+    stats: Arc<Stats>,
+    elders: Arc<Vec<String>>,
+    channel: Channel,
+    run_id: String,
+    start: Instant,
+    total: Duration,
+) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(a.seed.wrapping_add(1000 + s as u64));
+    let mut n = 0u64;
+    let mut client = pb::alarm_service_client::AlarmServiceClient::new(channel);
+    let pending: Arc<Mutex<HashMap<u64, (String, Instant)>>> = Arc::default();
+    let (tx, reader) = if a.mode == Mode::Stream {
+        let (tx, rx) = mpsc::channel::<pb::RaiseAlarmRequest>(4096);
+        let mut acks = client.stream_alarms(ReceiverStream::new(rx)).await?.into_inner();
+        let (stats, pending) = (stats.clone(), pending.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(ack)) = acks.next().await {
+                if let Some((key, t)) = pending.lock().remove(&ack.sequence) {
+                    stats.ack(&key, t, ack.result);
+                }
+            }
+        });
+        (Some(tx), Some(reader))
+    } else {
+        (None, None)
+    };
+    let inflight = Arc::new(tokio::sync::Semaphore::new((a.concurrency / senders).max(1)));
+    let mut due = start;
+    let mut unary = Vec::new();
+    while start.elapsed() < total {
+        let frac = start.elapsed().as_secs_f64() / total.as_secs_f64();
+        let spike = (0.4..0.6).contains(&frac) && a.scenario != Scenario::Steady;
+        let rate = a.rate / senders as f64 * if spike { 20.0 } else { 1.0 };
+        due += Duration::from_secs_f64(1.0 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        n += 1;
+        let key = format!("{run_id}-s{s}-{n}");
+        let mut req = alarm_for(&mut rng, &elders, key.clone(), spike && a.scenario == Scenario::Storm);
+        req.sequence = n;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        match &tx {
+            Some(tx) => {
+                pending.lock().insert(n, (key, now));
+                if tx.send(req).await.is_err() {
+                    break;
+                }
+            }
+            None => {
+                let permit = inflight.clone().acquire_owned().await?;
+                let (mut c, stats) = (client.clone(), stats.clone());
+                unary.push(tokio::spawn(async move {
+                    let r = c.raise_alarm(req).await;
+                    let result = match r {
+                        Ok(resp) => Some(pb::alarm_ack::Result::Accepted(resp.into_inner())),
+                        Err(_) => None,
+                    };
+                    stats.ack(&key, now, result);
+                    drop(permit);
+                }));
+            }
+        }
+    }
+    drop(tx);
+    for u in unary {
+        let _ = u.await;
+    }
+    if let Some(r) = reader {
+        let _ = tokio::time::timeout(Duration::from_secs(60), r).await;
+    }
+    Ok(())
+}
+
+async fn verify(target: &str, log: &PathBuf, concurrency: usize) -> anyhow::Result<std::process::ExitCode> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("--acked-log {}", log.display()))?;
+    let keys: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let channel = connect(target).await?;
+    let client = pb::dispatch_service_client::DispatchServiceClient::new(channel);
+    let missing = Arc::new(AtomicU64::new(0));
+    let results: Vec<Result<(), tonic::Status>> = futures::stream::iter(keys.iter().cloned())
+        .map(|key| {
+            let (mut c, missing) = (client.clone(), missing.clone());
+            async move {
+                match c
+                    .get_incident(pb::GetIncidentRequest { idempotency_key: key.clone(), ..Default::default() })
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        eprintln!("missing: {key}");
+                        missing.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(s) => Err(s),
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for r in results {
+        r.context("looking up an alarm")?;
+    }
+    let m = missing.load(Ordering::Relaxed);
+    println!("{}", serde_json::json!({"checked": keys.len(), "missing": m}));
+    Ok(if m == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
