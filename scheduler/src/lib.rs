@@ -6,6 +6,7 @@
 //! every random choice is seeded.
 
 pub mod error;
+pub mod plan;
 pub mod vrptw;
 
 pub use error::{Error, InputIssue, Result};
