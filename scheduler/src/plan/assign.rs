@@ -206,3 +206,24 @@ fn solve_cluster(ctx: &Ctx, cgs: &[usize], cands: &[(usize, Vec<usize>)], deadli
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{synth, Haversine};
+    use std::time::Duration;
+
+    #[test]
+    fn every_cluster_lp_is_solved_and_every_elder_gets_a_plausible_primary() {
+        let s = synth::generate(2, 150, 30, synth::default_centre());
+        let tm = Haversine::default();
+        let ctx = Ctx::new(&s.input, &tm);
+        let a = assign(&ctx, Instant::now() + Duration::from_secs(30));
+        assert_eq!(a.clusters, 4, "30 caregivers in clusters of <= 12");
+        assert_eq!(a.lp_solved, a.clusters);
+        for (e, p) in a.primary.iter().enumerate() {
+            let c = p.expect("every synthetic elder is servable");
+            assert!(plausible(&ctx, e, c));
+        }
+    }
+}
