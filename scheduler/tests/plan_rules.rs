@@ -268,3 +268,35 @@ proptest! {
         prop_assert_eq!(out.plan.coverage.rate, 1.0);
     }
 }
+
+#[test]
+fn plan_json_has_the_issue_shape_and_geojson_opens() {
+    let s = synth::generate(9, 20, 2, synth::default_centre());
+    let seen = std::sync::Mutex::new(Vec::new());
+    let cb = |p: &plan::Progress| seen.lock().expect("lock").push(p.phase);
+    let out = plan::plan(&s.input, &Haversine::default(), &opts(), Some(&cb)).expect("plans");
+    let v = serde_json::to_value(&out.plan).expect("json");
+    for k in ["month", "routes", "coverage", "uncovered", "stats"] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    let r0 = &v["routes"][0];
+    for k in ["caregiver", "date", "start_min", "end_min", "travel_min", "stops"] {
+        assert!(r0.get(k).is_some(), "route missing {k}");
+    }
+    for k in ["elder", "arrive_min", "start_min", "end_min"] {
+        assert!(r0["stops"][0].get(k).is_some(), "stop missing {k}");
+    }
+    for k in ["elders", "fully_covered", "required_visits", "scheduled_visits", "rate"] {
+        assert!(v["coverage"].get(k).is_some(), "coverage missing {k}");
+    }
+    let back: Plan = serde_json::from_value(v).expect("round trip");
+    assert_eq!(back, out.plan);
+    let g = plan::to_geojson(&s.input, &out.plan);
+    assert_eq!(g["type"], "FeatureCollection");
+    let lines = g["features"].as_array().expect("features").iter().filter(|f| f["geometry"]["type"] == "LineString").count();
+    assert_eq!(lines, out.plan.routes.len());
+    let phases = seen.lock().expect("lock").clone();
+    assert_eq!(phases.first(), Some(&plan::Phase::Diagnose));
+    assert_eq!(phases.last(), Some(&plan::Phase::Done));
+    assert!(out.summary().contains("coverage 20/20"));
+}
