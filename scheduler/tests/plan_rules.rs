@@ -300,3 +300,26 @@ fn plan_json_has_the_issue_shape_and_geojson_opens() {
     assert_eq!(phases.last(), Some(&plan::Phase::Done));
     assert!(out.summary().contains("coverage 20/20"));
 }
+
+#[test]
+fn csv_files_round_trip_through_load_and_plan() {
+    let s = synth::generate(21, 30, 2, synth::default_centre());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ep, cp) = (dir.path().join("elders.csv"), dir.path().join("caregivers.csv"));
+    std::fs::write(&ep, plan::input::elders_to_csv(&s.input.elders)).expect("write");
+    std::fs::write(&cp, plan::input::caregivers_to_csv(&s.input.caregivers)).expect("write");
+    let month = plan::Month::parse("2026-12").expect("month");
+    let inp = plan::input::load(&ep, &cp, month, month.parse_holidays("2026-12-25").expect("hol")).expect("loads");
+    assert_eq!(inp.elders.len(), 30);
+    let out = run(&inp);
+    assert_eq!(out.status, CoverageStatus::Full);
+    // A broken file is reported by name, line and column, and nothing is planned.
+    let text = std::fs::read_to_string(&ep).expect("read").replacen(",Mon", ",Funday", 1);
+    std::fs::write(&ep, text).expect("write");
+    match plan::input::load(&ep, &cp, month, vec![]) {
+        Err(scheduler::Error::Input(issues)) => {
+            assert!(issues.iter().all(|i| i.file == "elders.csv" && i.column == "days"), "{issues:?}");
+        }
+        other => panic!("expected input issues, got {other:?}"),
+    }
+}
