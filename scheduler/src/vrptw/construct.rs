@@ -18,7 +18,9 @@ pub(crate) fn serviceable_alone(inst: &Instance, c: usize) -> bool {
 pub(crate) fn insert_all(st: &mut State, todo: &[usize], blink: f64, rng: &mut ChaCha8Rng) {
     let inst = st.inst;
     for &c in todo {
-        let mut best: Option<(f64, usize, usize)> = None;
+        // An empty route is always available (unlimited fleet): it competes on cost.
+        let alone = inst.d(0, c) + inst.d(c, 0);
+        let mut best: Option<(f64, usize, usize)> = Some((alone, usize::MAX, 0));
         for (ri, r) in st.routes.iter().enumerate() {
             if r.total_load() + inst.demand[c] > inst.capacity {
                 continue;
@@ -38,12 +40,12 @@ pub(crate) fn insert_all(st: &mut State, todo: &[usize], blink: f64, rng: &mut C
             }
         }
         match best {
-            Some((_, ri, k)) => {
+            Some((_, ri, k)) if ri != usize::MAX => {
                 let mut cs = st.routes[ri].customers().to_vec();
                 cs.insert(k, c);
                 st.set_route(ri, &cs);
             }
-            None => st.add_route(&[c]),
+            _ => st.add_route(&[c]),
         }
     }
 }
