@@ -7,13 +7,28 @@ use super::Instance;
 /// One route with its caches. `nodes` is `[0, c1, .., ck, 0]`.
 /// Invariant (after [`Route::recompute`]): `es[k] <= due[nodes[k]]` for every k
 /// up to floating rounding, `ls[k] >= es[k]`, `load[k]` = demand of `nodes[..=k]`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Route {
     pub nodes: Vec<usize>,
     pub es: Vec<f64>,
     pub ls: Vec<f64>,
     pub load: Vec<i64>,
     pub dist: f64,
+}
+
+impl Clone for Route {
+    fn clone(&self) -> Self {
+        Route { nodes: self.nodes.clone(), es: self.es.clone(), ls: self.ls.clone(), load: self.load.clone(), dist: self.dist }
+    }
+
+    /// Reuses this route's buffers (the SISR loop copies solutions every iteration).
+    fn clone_from(&mut self, src: &Self) {
+        self.nodes.clone_from(&src.nodes);
+        self.es.clone_from(&src.es);
+        self.ls.clone_from(&src.ls);
+        self.load.clone_from(&src.load);
+        self.dist = src.dist;
+    }
 }
 
 impl Route {
@@ -107,7 +122,7 @@ pub(crate) fn simulate(inst: &Instance, customers: &[usize]) -> Option<f64> {
 }
 
 /// A whole solution under search.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct State<'a> {
     pub inst: &'a Instance,
     pub routes: Vec<Route>,
@@ -115,6 +130,19 @@ pub(crate) struct State<'a> {
     pub route_of: Vec<usize>,
     /// Position of each customer in its route's `nodes`.
     pub pos_of: Vec<usize>,
+}
+
+impl Clone for State<'_> {
+    fn clone(&self) -> Self {
+        State { inst: self.inst, routes: self.routes.clone(), route_of: self.route_of.clone(), pos_of: self.pos_of.clone() }
+    }
+
+    fn clone_from(&mut self, src: &Self) {
+        self.inst = src.inst;
+        self.routes.clone_from(&src.routes);
+        self.route_of.clone_from(&src.route_of);
+        self.pos_of.clone_from(&src.pos_of);
+    }
 }
 
 impl<'a> State<'a> {
