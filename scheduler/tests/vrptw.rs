@@ -1,0 +1,43 @@
+//! VRPTW integration tests on the real Solomon files: reader + .sol give the
+//! best-known cost; the solver's output passes the independent checker.
+
+use scheduler::vrptw::{self, SolveOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn data(rel: &str) -> PathBuf {
+    PathBuf::from("/work/shared/data").join(rel)
+}
+
+#[test]
+fn solomon_bks_solutions_are_feasible_and_cost_matches_float64_file() {
+    // R102 is one of the best-known solutions that is infeasible in exact arithmetic.
+    for name in ["C101", "R101", "R102", "RC201"] {
+        let inst = vrptw::read_instance(&data(&format!("solomon/{name}.vrp"))).expect("instance");
+        let sol = vrptw::read_solution(&data(&format!("solomon/{name}.sol"))).expect("solution");
+        assert_eq!(inst.n_customers(), 100);
+        let rep = vrptw::check(&inst, &sol);
+        let csv = std::fs::read_to_string(data("solomon/bks_float64.csv")).expect("csv");
+        let line = csv.lines().find(|l| l.starts_with(&format!("{name},"))).expect("row");
+        let f64cost: f64 = line.split(',').nth(1).and_then(|x| x.parse().ok()).expect("cost");
+        let feasible = line.ends_with("True");
+        assert_eq!(rep.is_ok(), feasible, "{name}: checker disagrees with bks_float64.csv");
+        let dist = sol.distance(&inst);
+        assert!((dist - f64cost).abs() < 1e-3, "{name}: {dist} vs {f64cost}");
+        // .sol Cost line is the DIMACS (truncated) value
+        assert!(sol.cost <= dist + 1e-9);
+    }
+}
+
+#[test]
+fn solver_output_on_a_solomon_instance_is_feasible_and_deterministic() {
+    let inst = vrptw::read_instance(&data("solomon/RC105.vrp")).expect("instance");
+    let opts = SolveOptions { time_limit: Duration::from_secs(60), seed: 7, threads: 1, max_iterations: Some(300) };
+    let a = vrptw::solve(&inst, &opts).expect("solves");
+    let rep = vrptw::check(&inst, &a).expect("feasible");
+    assert!((rep.distance - a.cost).abs() < 1e-6);
+    let b = vrptw::solve(&inst, &opts).expect("solves");
+    assert_eq!(a, b, "same seed must give the same solution");
+    // A sanity bound: within 15% of the float64 BKS after a few hundred iterations.
+    assert!(a.cost < 1517.93 * 1.15, "cost {} too far from the best known", a.cost);
+}
