@@ -5,8 +5,9 @@ use scheduler::vrptw::{self, SolveOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Test fixtures shipped with the crate (a few Solomon instances; see tests/data/README.md).
 fn data(rel: &str) -> PathBuf {
-    PathBuf::from("/work/shared/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
 }
 
 #[test]
