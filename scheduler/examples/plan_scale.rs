@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: f64| a.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(d);
-    let (ne, nc, limit, threads, seed) = (arg(0, 10000.0) as usize, arg(1, 200.0) as usize, arg(2, 60.0), arg(3, 2.0) as usize, arg(4, 1.0) as u64);
+    let (ne, nc, limit, threads, seed) =
+        (arg(0, 10000.0) as usize, arg(1, 200.0) as usize, arg(2, 60.0), arg(3, 2.0) as usize, arg(4, 1.0) as u64);
     let t = Instant::now();
     let s = synth::generate(seed, ne, nc, synth::default_centre());
     println!(
@@ -23,7 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.witness.stats.total_travel_min
     );
     let opts = PlanOptions { time_limit: Duration::from_secs_f64(limit), seed, threads, lns_iterations: None };
-    let progress = |p: &plan::Progress| eprintln!("  [{:>6.2}s] {:?} travel {:.0} min coverage {:.4}", p.elapsed.as_secs_f64(), p.phase, p.best_travel_min, p.coverage);
+    let progress = |p: &plan::Progress| {
+        eprintln!(
+            "  [{:>6.2}s] {:?} travel {:.0} min coverage {:.4}",
+            p.elapsed.as_secs_f64(),
+            p.phase,
+            p.best_travel_min,
+            p.coverage
+        )
+    };
     let out = plan::plan(&s.input, &Haversine::default(), &opts, Some(&progress))?;
     print!("{}", out.summary());
     let bad = plan::feasibility::validate(&s.input, &Haversine::default(), &out.plan);

@@ -21,7 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bad = plan::feasibility::validate(&s.input, &Haversine::default(), &out.plan);
         if out.status != CoverageStatus::Full || !bad.is_empty() {
             failures += 1;
-            println!("seed {seed}: {} elders {} caregivers -> {:?}, {} invalid, uncovered {:?}", s.input.elders.len(), n_cg, out.status, bad.len(), out.plan.uncovered.first());
+            println!(
+                "seed {seed}: {} elders {} caregivers -> {:?}, {} invalid, uncovered {:?}",
+                s.input.elders.len(),
+                n_cg,
+                out.status,
+                bad.len(),
+                out.plan.uncovered.first()
+            );
         }
     }
     println!("{cases} districts, {failures} not fully covered or invalid");

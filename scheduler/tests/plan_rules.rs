@@ -13,8 +13,15 @@ const EL_HEADER: &str = "id,name,lat,lon,category,visits_per_month,service_min,d
 fn input(elders: &str, caregivers: &str, holidays: &str) -> PlanInput {
     let month = plan::Month::parse("2026-12").expect("month");
     let hol = month.parse_holidays(holidays).expect("holidays");
-    plan::input::parse(&format!("{EL_HEADER}{elders}"), "elders.csv", &format!("{CG_HEADER}{caregivers}"), "caregivers.csv", month, hol)
-        .expect("valid input")
+    plan::input::parse(
+        &format!("{EL_HEADER}{elders}"),
+        "elders.csv",
+        &format!("{CG_HEADER}{caregivers}"),
+        "caregivers.csv",
+        month,
+        hol,
+    )
+    .expect("valid input")
 }
 
 fn opts() -> PlanOptions {
@@ -61,7 +68,9 @@ fn independent_check(inp: &PlanInput, p: &Plan) -> Vec<String> {
                 errs.push(format!("{} served too early", e.id));
             }
             if let Some(w) = e.window {
-                if s.start_min + 1e-6 < w.open as f64 / 60.0 || s.start_min + e.service as f64 / 60.0 > w.close as f64 / 60.0 + 1e-6 {
+                if s.start_min + 1e-6 < w.open as f64 / 60.0
+                    || s.start_min + e.service as f64 / 60.0 > w.close as f64 / 60.0 + 1e-6
+                {
                     errs.push(format!("{} outside window", e.id));
                 }
             }
@@ -85,7 +94,11 @@ fn independent_check(inp: &PlanInput, p: &Plan) -> Vec<String> {
         }
         if d.len() as u32 == e.visits_per_month {
             full += 1;
-        } else if !p.uncovered.iter().any(|u| u.elder == e.id && u.missing_visits == e.visits_per_month - d.len() as u32) {
+        } else if !p
+            .uncovered
+            .iter()
+            .any(|u| u.elder == e.id && u.missing_visits == e.visits_per_month - d.len() as u32)
+        {
             errs.push(format!("{} silently dropped", e.id));
         }
     }
@@ -125,7 +138,8 @@ fn rule1_visits_on_distinct_allowed_working_days_by_skilled_caregiver() {
 
 #[test]
 fn rule1_missing_skill_is_proved_impossible_with_reason() {
-    let inp = input("E1,甲,30.2650,120.1350,disabled,1,30,,,dementia,\nE2,乙,30.2550,120.1250,other,1,30,,,,\n", C1, "");
+    let inp =
+        input("E1,甲,30.2650,120.1350,disabled,1,30,,,dementia,\nE2,乙,30.2550,120.1250,other,1,30,,,,\n", C1, "");
     let out = run(&inp);
     assert_eq!(out.status, CoverageStatus::ProvedImpossible);
     assert_eq!(out.exit_code(), 3);
@@ -242,7 +256,12 @@ fn replan_after_absence_and_missed_visit_keeps_coverage_and_changes_few_routes()
         if r.caregiver == missed.caregiver && r.date == missed.date {
             continue;
         }
-        assert!(re.outcome.plan.routes.iter().any(|x| x.caregiver == r.caregiver && x.date == r.date && x.stops.len() == r.stops.len()));
+        assert!(re
+            .outcome
+            .plan
+            .routes
+            .iter()
+            .any(|x| x.caregiver == r.caregiver && x.date == r.date && x.stops.len() == r.stops.len()));
     }
     let total = out.plan.routes.len();
     assert!(re.changed_routes.len() <= victim.stops.len() * 2 + 3, "changed {} of {total}", re.changed_routes.len());
@@ -293,7 +312,8 @@ fn plan_json_has_the_issue_shape_and_geojson_opens() {
     assert_eq!(back, out.plan);
     let g = plan::to_geojson(&s.input, &out.plan);
     assert_eq!(g["type"], "FeatureCollection");
-    let lines = g["features"].as_array().expect("features").iter().filter(|f| f["geometry"]["type"] == "LineString").count();
+    let lines =
+        g["features"].as_array().expect("features").iter().filter(|f| f["geometry"]["type"] == "LineString").count();
     assert_eq!(lines, out.plan.routes.len());
     let phases = seen.lock().expect("lock").clone();
     assert_eq!(phases.first(), Some(&plan::Phase::Diagnose));

@@ -80,8 +80,10 @@ pub(crate) fn assign(ctx: &Ctx, deadline: Instant) -> Assignment {
         }
     }
     // Each elder goes to the cluster of its nearest plausible caregiver.
-    let plaus: Vec<Vec<usize>> =
-        (0..ne).into_par_iter().map(|e| ctx.qualified[e].iter().copied().filter(|&c| plausible(ctx, e, c)).collect()).collect();
+    let plaus: Vec<Vec<usize>> = (0..ne)
+        .into_par_iter()
+        .map(|e| ctx.qualified[e].iter().copied().filter(|&c| plausible(ctx, e, c)).collect())
+        .collect();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
     for e in 0..ne {
         if let Some(&c) = plaus[e].first() {
@@ -117,7 +119,11 @@ pub(crate) fn assign(ctx: &Ctx, deadline: Instant) -> Assignment {
         if primary[e].is_some() {
             continue;
         }
-        let pick = plaus[e].iter().copied().find(|&c| load[c] + workload(ctx, e, c) <= capacity(ctx, c)).or(plaus[e].first().copied());
+        let pick = plaus[e]
+            .iter()
+            .copied()
+            .find(|&c| load[c] + workload(ctx, e, c) <= capacity(ctx, c))
+            .or(plaus[e].first().copied());
         if let Some(c) = pick {
             load[c] += workload(ctx, e, c);
             primary[e] = Some(c);
@@ -145,7 +151,12 @@ fn capacity(ctx: &Ctx, c: usize) -> f64 {
 
 /// LP relaxation of the cluster's generalised assignment problem, rounded to
 /// each elder's largest `y`. `None` if the LP fails or runs out of time.
-fn solve_cluster(ctx: &Ctx, cgs: &[usize], cands: &[(usize, Vec<usize>)], deadline: Instant) -> Option<Vec<(usize, usize)>> {
+fn solve_cluster(
+    ctx: &Ctx,
+    cgs: &[usize],
+    cands: &[(usize, Vec<usize>)],
+    deadline: Instant,
+) -> Option<Vec<(usize, usize)>> {
     let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
     if left <= 0.05 || cands.is_empty() {
         return if cands.is_empty() { Some(Vec::new()) } else { None };

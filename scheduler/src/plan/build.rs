@@ -3,8 +3,8 @@
 //! ejection, intra-route local search (2-opt, or-opt; rayon parallel) and an
 //! elder-level ruin-and-recreate (LNS) that never lowers coverage.
 
-use super::routes::{Ctx, DayRoute, Month};
 use super::model::Secs;
+use super::routes::{Ctx, DayRoute, Month};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,7 +60,14 @@ impl<'a> Planner<'a> {
 
     /// Best insertion of `e` on each day among caregivers `cands`:
     /// `opts[d] = Some((cost, caregiver, position))`. Only days in `allowed`.
-    fn day_options(&self, m: &Month, e: usize, cands: &[usize], allowed: u64, touch_penalty: Option<&dyn Fn(usize) -> Secs>) -> Vec<Option<(Secs, usize, usize)>> {
+    fn day_options(
+        &self,
+        m: &Month,
+        e: usize,
+        cands: &[usize],
+        allowed: u64,
+        touch_penalty: Option<&dyn Fn(usize) -> Secs>,
+    ) -> Vec<Option<(Secs, usize, usize)>> {
         let ctx = self.ctx;
         let mut opts = vec![None; ctx.days as usize + 1];
         for &c in cands {
@@ -94,7 +101,13 @@ impl<'a> Planner<'a> {
 
     /// Chooses `need` days (consecutive ones `gap` apart, and `gap` away from
     /// every day in `fixed`) minimising the summed option cost. Exact DP.
-    fn choose_days(&self, e: usize, opts: &[Option<(Secs, usize, usize)>], need: u32, fixed: &[u32]) -> Option<Vec<u32>> {
+    fn choose_days(
+        &self,
+        e: usize,
+        opts: &[Option<(Secs, usize, usize)>],
+        need: u32,
+        fixed: &[u32],
+    ) -> Option<Vec<u32>> {
         let gap = self.ctx.gap[e];
         let days: Vec<u32> = (1..opts.len() as u32)
             .filter(|&d| opts[d as usize].is_some() && fixed.iter().all(|&f| f.abs_diff(d) >= gap.max(1)))
@@ -145,7 +158,15 @@ impl<'a> Planner<'a> {
 
     /// Inserts `need` more visits of `e` (spaced from its current visits) using
     /// caregivers `cands` on `allowed` days. All or nothing.
-    pub fn insert_elder(&self, m: &mut Month, e: usize, need: u32, cands: &[usize], allowed: u64, touch_penalty: Option<&dyn Fn(usize) -> Secs>) -> bool {
+    pub fn insert_elder(
+        &self,
+        m: &mut Month,
+        e: usize,
+        need: u32,
+        cands: &[usize],
+        allowed: u64,
+        touch_penalty: Option<&dyn Fn(usize) -> Secs>,
+    ) -> bool {
         let opts = self.day_options(m, e, cands, allowed, touch_penalty);
         let fixed: Vec<u32> = m.visits[e].iter().map(|v| v.0).collect();
         let Some(days) = self.choose_days(e, &opts, need, &fixed) else { return false };
@@ -204,7 +225,8 @@ impl<'a> Planner<'a> {
             m.journal = Some(Vec::new());
             m.remove_elder(ctx, f);
             let ok = self.insert_elder(m, e, need, &ctx.qualified[e], allowed, None)
-                && (self.insert_elder(m, f, nf, &self.near[f], allowed, None) || self.insert_elder(m, f, nf, &ctx.qualified[f], allowed, None));
+                && (self.insert_elder(m, f, nf, &self.near[f], allowed, None)
+                    || self.insert_elder(m, f, nf, &ctx.qualified[f], allowed, None));
             if ok {
                 m.journal = None;
                 return true;
@@ -233,7 +255,15 @@ impl<'a> Planner<'a> {
     /// Elder-level ruin and recreate: remove a few related elders (sharing a
     /// route with a random elder), re-place them in random order; keep the
     /// change if every removed visit came back and the objective did not rise.
-    pub fn lns(&self, m: &mut Month, iterations: u64, deadline: Instant, rng: &mut ChaCha8Rng, allowed: u64, mut on_progress: impl FnMut(u64, Secs)) {
+    pub fn lns(
+        &self,
+        m: &mut Month,
+        iterations: u64,
+        deadline: Instant,
+        rng: &mut ChaCha8Rng,
+        allowed: u64,
+        mut on_progress: impl FnMut(u64, Secs),
+    ) {
         let ctx = self.ctx;
         let placed: Vec<usize> = (0..ctx.input.elders.len()).filter(|&e| !m.visits[e].is_empty()).collect();
         if placed.is_empty() {
@@ -269,7 +299,9 @@ impl<'a> Planner<'a> {
             let mut ok = true;
             for &f in &group {
                 let need = ctx.input.elders[f].visits_per_month;
-                if !(self.insert_elder(m, f, need, &self.near[f], allowed, None) || self.insert_elder(m, f, need, &ctx.qualified[f], allowed, None)) {
+                if !(self.insert_elder(m, f, need, &self.near[f], allowed, None)
+                    || self.insert_elder(m, f, need, &ctx.qualified[f], allowed, None))
+                {
                     ok = false;
                     break;
                 }

@@ -78,7 +78,8 @@ impl Month {
 
     /// Parses a comma-separated holiday list (dates outside this month are an error).
     pub fn parse_holidays(&self, s: &str) -> Result<Vec<u32>> {
-        let mut v: Vec<u32> = s.split(',').filter(|t| !t.trim().is_empty()).map(|t| self.parse_date(t)).collect::<Result<_>>()?;
+        let mut v: Vec<u32> =
+            s.split(',').filter(|t| !t.trim().is_empty()).map(|t| self.parse_date(t)).collect::<Result<_>>()?;
         v.sort_unstable();
         v.dedup();
         Ok(v)

@@ -62,17 +62,35 @@ pub(crate) fn proofs(ctx: &Ctx) -> Vec<Option<String>> {
     groups.sort();
     groups.dedup();
     for g in groups {
-        let members: Vec<usize> = (0..input.elders.len()).filter(|&e| g.is_none() || input.elders[e].skill == g).filter(|&e| out[e].is_none()).collect();
-        let cgs: Vec<usize> = (0..input.caregivers.len()).filter(|&c| g.as_ref().is_none_or(|s| input.caregivers[c].skills.contains(s))).collect();
-        let demand: Secs = members.iter().map(|&e| input.elders[e].service * input.elders[e].visits_per_month as Secs).sum();
-        let supply: Secs = cgs.iter().map(|&c| input.caregivers[c].shift.len() * ctx.cg_days[c].count_ones() as Secs).sum();
+        let members: Vec<usize> = (0..input.elders.len())
+            .filter(|&e| g.is_none() || input.elders[e].skill == g)
+            .filter(|&e| out[e].is_none())
+            .collect();
+        let cgs: Vec<usize> = (0..input.caregivers.len())
+            .filter(|&c| g.as_ref().is_none_or(|s| input.caregivers[c].skills.contains(s)))
+            .collect();
+        let demand: Secs =
+            members.iter().map(|&e| input.elders[e].service * input.elders[e].visits_per_month as Secs).sum();
+        let supply: Secs =
+            cgs.iter().map(|&c| input.caregivers[c].shift.len() * ctx.cg_days[c].count_ones() as Secs).sum();
         let visits: u64 = members.iter().map(|&e| input.elders[e].visits_per_month as u64).sum();
-        let slots: u64 = cgs.iter().map(|&c| input.caregivers[c].max_visits_per_day as u64 * ctx.cg_days[c].count_ones() as u64).sum();
+        let slots: u64 = cgs
+            .iter()
+            .map(|&c| input.caregivers[c].max_visits_per_day as u64 * ctx.cg_days[c].count_ones() as u64)
+            .sum();
         let what = g.as_ref().map(|s| format!("skill {s:?}")).unwrap_or_else(|| "all elders".into());
         let reason = if demand > supply {
-            Some(format!("capacity short by {:.1} hours for {what}: service alone needs {:.1} h, caregivers work {:.1} h", (demand - supply) as f64 / 3600.0, demand as f64 / 3600.0, supply as f64 / 3600.0))
+            Some(format!(
+                "capacity short by {:.1} hours for {what}: service alone needs {:.1} h, caregivers work {:.1} h",
+                (demand - supply) as f64 / 3600.0,
+                demand as f64 / 3600.0,
+                supply as f64 / 3600.0
+            ))
         } else if visits > slots {
-            Some(format!("capacity short by {} visits for {what}: {visits} visits needed, {slots} daily slots", visits - slots))
+            Some(format!(
+                "capacity short by {} visits for {what}: {visits} visits needed, {slots} daily slots",
+                visits - slots
+            ))
         } else {
             None
         };
@@ -86,12 +104,19 @@ pub(crate) fn proofs(ctx: &Ctx) -> Vec<Option<String>> {
 }
 
 /// Reasons for uncovered elders that are not proved impossible, and suggestions.
-pub(crate) fn explain(ctx: &Ctx, m: &Month, anchor: &[Option<usize>], cluster_of: &[usize], proofs: &[Option<String>]) -> (Vec<super::output::Uncovered>, Vec<String>) {
+pub(crate) fn explain(
+    ctx: &Ctx,
+    m: &Month,
+    anchor: &[Option<usize>],
+    cluster_of: &[usize],
+    proofs: &[Option<String>],
+) -> (Vec<super::output::Uncovered>, Vec<String>) {
     let input = ctx.input;
     let missing = |e: usize| input.elders[e].visits_per_month.saturating_sub(m.visits[e].len() as u32);
     // Area = cluster of the anchor caregiver (or of the nearest qualified one).
     let area = |e: usize| anchor[e].or_else(|| ctx.qualified[e].first().copied()).map(|c| cluster_of[c]);
-    let mut short: std::collections::BTreeMap<Option<usize>, (f64, f64, f64, usize, Option<String>)> = Default::default();
+    let mut short: std::collections::BTreeMap<Option<usize>, (f64, f64, f64, usize, Option<String>)> =
+        Default::default();
     for e in 0..input.elders.len() {
         if missing(e) > 0 && proofs[e].is_none() {
             let el = &input.elders[e];
@@ -113,7 +138,8 @@ pub(crate) fn explain(ctx: &Ctx, m: &Month, anchor: &[Option<usize>], cluster_of
         let reason = match &proofs[e] {
             Some(p) => p.clone(),
             None => {
-                let s = short.get(&area(e)).map(|s| (s.0, s.1 / s.3 as f64, s.2 / s.3 as f64)).unwrap_or((0.0, 0.0, 0.0));
+                let s =
+                    short.get(&area(e)).map(|s| (s.0, s.1 / s.3 as f64, s.2 / s.3 as f64)).unwrap_or((0.0, 0.0, 0.0));
                 format!("capacity short by {:.1} hours in the area around ({:.4}, {:.4}): the caregivers there are fully booked on the elder's allowed days", s.0, s.1, s.2)
             }
         };
@@ -138,7 +164,11 @@ pub(crate) fn explain(ctx: &Ctx, m: &Month, anchor: &[Option<usize>], cluster_of
             let fix = if p.starts_with("no caregiver has the skill") {
                 format!("give the skill {:?} to a caregiver near elder {}", el.skill.clone().unwrap_or_default(), el.id)
             } else if p.starts_with("no common working day") {
-                format!("widen elder {}'s allowed days ({}) or schedule a qualified caregiver on them", el.id, el.days.to_text())
+                format!(
+                    "widen elder {}'s allowed days ({}) or schedule a qualified caregiver on them",
+                    el.id,
+                    el.days.to_text()
+                )
             } else if p.starts_with("window") {
                 let w = el.window.map(|w| format!("{}-{}", hhmm(w.open), hhmm(w.close))).unwrap_or_default();
                 format!("widen elder {}'s window {w} or base a qualified caregiver closer", el.id)

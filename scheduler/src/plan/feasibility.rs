@@ -74,7 +74,8 @@ pub fn validate(input: &PlanInput, travel: &dyn TravelModel, plan: &Plan) -> Vec
             if s.start_min < s.arrive_min - TOL {
                 bad.push(format!("{tag}: elder {} served before arrival", el.id));
             }
-            let (open, close) = el.window.map(|w| (w.open as f64 / 60.0, w.close as f64 / 60.0)).unwrap_or((0.0, 1440.0));
+            let (open, close) =
+                el.window.map(|w| (w.open as f64 / 60.0, w.close as f64 / 60.0)).unwrap_or((0.0, 1440.0));
             if s.start_min < open - TOL || s.end_min > close + TOL {
                 bad.push(format!("{tag}: elder {} served {}-{} outside window", el.id, s.start_min, s.end_min));
             }
@@ -118,11 +119,21 @@ pub fn validate(input: &PlanInput, travel: &dyn TravelModel, plan: &Plan) -> Vec
             full += 1;
         }
         if unc.get(el.id.0.as_str()).copied().unwrap_or(0) != missing {
-            bad.push(format!("elder {}: {missing} visits missing but uncovered lists {:?}", el.id, unc.get(el.id.0.as_str())));
+            bad.push(format!(
+                "elder {}: {missing} visits missing but uncovered lists {:?}",
+                el.id,
+                unc.get(el.id.0.as_str())
+            ));
         }
     }
-    if plan.coverage.fully_covered != full || plan.coverage.scheduled_visits != scheduled || plan.coverage.elders != input.elders.len() {
-        bad.push(format!("coverage figures {:?} do not match the routes ({full} full, {scheduled} visits)", plan.coverage));
+    if plan.coverage.fully_covered != full
+        || plan.coverage.scheduled_visits != scheduled
+        || plan.coverage.elders != input.elders.len()
+    {
+        bad.push(format!(
+            "coverage figures {:?} do not match the routes ({full} full, {scheduled} visits)",
+            plan.coverage
+        ));
     }
     bad
 }

@@ -10,10 +10,22 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Columns of `elders.csv`, in the issue's order.
-pub const ELDER_COLUMNS: [&str; 11] =
-    ["id", "name", "lat", "lon", "category", "visits_per_month", "service_min", "days", "window", "skill", "preferred_caregiver"];
+pub const ELDER_COLUMNS: [&str; 11] = [
+    "id",
+    "name",
+    "lat",
+    "lon",
+    "category",
+    "visits_per_month",
+    "service_min",
+    "days",
+    "window",
+    "skill",
+    "preferred_caregiver",
+];
 /// Columns of `caregivers.csv`, in the issue's order.
-pub const CAREGIVER_COLUMNS: [&str; 9] = ["id", "name", "lat", "lon", "days", "shift", "max_visits_per_day", "skills", "mode"];
+pub const CAREGIVER_COLUMNS: [&str; 9] =
+    ["id", "name", "lat", "lon", "days", "shift", "max_visits_per_day", "skills", "mode"];
 
 /// Everything the planner needs, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +72,12 @@ impl PlanInput {
             }
             if let Some(w) = e.window {
                 if w.len() < e.service {
-                    issues.push(issue("elders", line, "window", format!("window {} is shorter than the service", w.to_text())));
+                    issues.push(issue(
+                        "elders",
+                        line,
+                        "window",
+                        format!("window {} is shorter than the service", w.to_text()),
+                    ));
                 }
             }
         }
@@ -98,13 +115,21 @@ fn check_point(p: GeoPoint, file: &str, line: u64, issues: &mut Vec<InputIssue>)
 pub fn load(elders: &Path, caregivers: &Path, month: Month, holidays: Vec<u32>) -> Result<PlanInput> {
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| Error::Io { path: p.to_path_buf(), source });
     let (et, ct) = (read(elders)?, read(caregivers)?);
-    let name = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
+    let name =
+        |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
     parse(&et, &name(elders), &ct, &name(caregivers), month, holidays)
 }
 
 /// Parses both CSV texts (file names are used in issues). Collects every issue
 /// of both files before failing.
-pub fn parse(elders_csv: &str, elders_file: &str, caregivers_csv: &str, caregivers_file: &str, month: Month, holidays: Vec<u32>) -> Result<PlanInput> {
+pub fn parse(
+    elders_csv: &str,
+    elders_file: &str,
+    caregivers_csv: &str,
+    caregivers_file: &str,
+    month: Month,
+    holidays: Vec<u32>,
+) -> Result<PlanInput> {
     let mut issues = Vec::new();
     let cgs = parse_caregivers(caregivers_csv, caregivers_file, &mut issues);
     let els = parse_elders(elders_csv, elders_file, &mut issues);
@@ -113,7 +138,12 @@ pub fn parse(elders_csv: &str, elders_file: &str, caregivers_csv: &str, caregive
     let mut ids: HashMap<String, u64> = HashMap::new();
     for (line, id) in raw_ids(caregivers_csv, &CAREGIVER_COLUMNS) {
         if let Some(first) = ids.insert(id.clone(), line) {
-            issues.push(issue(caregivers_file, line, "id", format!("duplicate caregiver id {id:?} (first on line {first})")));
+            issues.push(issue(
+                caregivers_file,
+                line,
+                "id",
+                format!("duplicate caregiver id {id:?} (first on line {first})"),
+            ));
             ids.insert(id, first);
         }
     }
@@ -141,13 +171,22 @@ pub fn parse(elders_csv: &str, elders_file: &str, caregivers_csv: &str, caregive
 /// (line, id) of every readable row, valid or not.
 fn raw_ids(text: &str, columns: &[&str]) -> Vec<(u64, String)> {
     let mut sink = Vec::new();
-    records(text, "", columns, &mut sink).into_iter().filter_map(|(l, f)| f.get("id").filter(|s| !s.is_empty()).map(|id| (l, id.clone()))).collect()
+    records(text, "", columns, &mut sink)
+        .into_iter()
+        .filter_map(|(l, f)| f.get("id").filter(|s| !s.is_empty()).map(|id| (l, id.clone())))
+        .collect()
 }
 
 /// Reads the records of one CSV text, checking the header. Returns (line, fields by column).
-fn records<'h>(text: &str, file: &str, columns: &'h [&'h str], issues: &mut Vec<InputIssue>) -> Vec<(u64, HashMap<&'h str, String>)> {
+fn records<'h>(
+    text: &str,
+    file: &str,
+    columns: &'h [&'h str],
+    issues: &mut Vec<InputIssue>,
+) -> Vec<(u64, HashMap<&'h str, String>)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let mut rdr =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
     let header: Vec<String> = match rdr.headers() {
         Ok(h) => h.iter().map(|s| s.to_string()).collect(),
         Err(e) => {
@@ -264,7 +303,8 @@ fn parse_caregivers(text: &str, file: &str, issues: &mut Vec<InputIssue>) -> Vec
             TimeWindow { open: 0, close: 1 }
         });
         let max_visits_per_day = r.int(issues, "max_visits_per_day", 1, 100);
-        let skills: Vec<String> = r.get("skills").split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let skills: Vec<String> =
+            r.get("skills").split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         let mode = match r.get("mode").to_ascii_lowercase().as_str() {
             "walk" => Mode::Walk,
             "bike" => Mode::Bike,
@@ -276,7 +316,19 @@ fn parse_caregivers(text: &str, file: &str, issues: &mut Vec<InputIssue>) -> Vec
             }
         };
         if !r.bad {
-            out.push((line, Caregiver { id: CaregiverId(id), name, base: GeoPoint { lat, lon }, days, shift, max_visits_per_day, skills, mode }));
+            out.push((
+                line,
+                Caregiver {
+                    id: CaregiverId(id),
+                    name,
+                    base: GeoPoint { lat, lon },
+                    days,
+                    shift,
+                    max_visits_per_day,
+                    skills,
+                    mode,
+                },
+            ));
         }
     }
     out
@@ -451,7 +503,8 @@ E001,g,30.1,120.1,other,1,30,,,,\n\
 E008,h,30.1\n";
         let err = parse(el, "elders.csv", CG, "caregivers.csv", month(), vec![]).expect_err("invalid");
         let Error::Input(issues) = err else { panic!("expected input error") };
-        let has = |line: u64, col: &str| issues.iter().any(|i| i.line == line && i.column == col && i.file == "elders.csv");
+        let has =
+            |line: u64, col: &str| issues.iter().any(|i| i.line == line && i.column == col && i.file == "elders.csv");
         assert!(has(2, "lat"), "{issues:?}");
         assert!(has(3, "category"));
         assert!(has(4, "visits_per_month"));
@@ -467,10 +520,15 @@ E008,h,30.1\n";
     fn missing_column_and_bad_caregiver_rows() {
         let cg = "id,name,lat,lon,days,shift,max_visits_per_day,skills\nC01,a,30,120,Mon-Fri,08:00-17:00,8,\n";
         let el = "id,name,lat,lon,category,visits_per_month,service_min,days,window,skill,preferred_caregiver\n";
-        let Err(Error::Input(issues)) = parse(el, "elders.csv", cg, "caregivers.csv", month(), vec![]) else { panic!() };
+        let Err(Error::Input(issues)) = parse(el, "elders.csv", cg, "caregivers.csv", month(), vec![]) else {
+            panic!()
+        };
         assert_eq!(issues[0].column, "mode");
-        let cg2 = "id,name,lat,lon,days,shift,max_visits_per_day,skills,mode\nC01,a,30,120,Mon-Fri,17:00-08:00,8,,jet\n";
-        let Err(Error::Input(issues)) = parse(el, "elders.csv", cg2, "caregivers.csv", month(), vec![]) else { panic!() };
+        let cg2 =
+            "id,name,lat,lon,days,shift,max_visits_per_day,skills,mode\nC01,a,30,120,Mon-Fri,17:00-08:00,8,,jet\n";
+        let Err(Error::Input(issues)) = parse(el, "elders.csv", cg2, "caregivers.csv", month(), vec![]) else {
+            panic!()
+        };
         assert!(issues.iter().any(|i| i.column == "shift" && i.line == 2));
         assert!(issues.iter().any(|i| i.column == "mode" && i.line == 2));
     }
@@ -479,7 +537,8 @@ E008,h,30.1\n";
     fn csv_round_trip() {
         let el = "id,name,lat,lon,category,visits_per_month,service_min,days,window,skill,preferred_caregiver\nE001,张三,30.28,120.16,empty_nest;living_alone,2,30,Mon;Wed;Fri,09:00-11:00,nursing,C01\n";
         let p = parse(el, "elders.csv", CG, "caregivers.csv", month(), vec![]).expect("valid");
-        let p2 = parse(&elders_to_csv(&p.elders), "e", &caregivers_to_csv(&p.caregivers), "c", month(), vec![]).expect("valid");
+        let p2 = parse(&elders_to_csv(&p.elders), "e", &caregivers_to_csv(&p.caregivers), "c", month(), vec![])
+            .expect("valid");
         assert_eq!(p, p2);
     }
 }

@@ -124,7 +124,13 @@ impl PlanOutcome {
         let mut busy: Vec<&RoutePlan> = p.routes.iter().collect();
         busy.sort_by(|a, b| (b.end_min - b.start_min).total_cmp(&(a.end_min - a.start_min)).then(a.date.cmp(&b.date)));
         for r in busy.iter().take(3) {
-            s.push_str(&format!("  busiest: {} {} {} stops, {:.0} min on the road incl. visits\n", r.caregiver, r.date, r.stops.len(), r.end_min - r.start_min));
+            s.push_str(&format!(
+                "  busiest: {} {} {} stops, {:.0} min on the road incl. visits\n",
+                r.caregiver,
+                r.date,
+                r.stops.len(),
+                r.end_min - r.start_min
+            ));
         }
         for u in &p.uncovered {
             s.push_str(&format!("  UNCOVERED {} (missing {}): {}\n", u.elder, u.missing_visits, u.reason));
@@ -146,7 +152,8 @@ fn covered_share(input: &PlanInput, m: &routes::Month) -> f64 {
     if input.elders.is_empty() {
         return 1.0;
     }
-    let full = input.elders.iter().enumerate().filter(|(e, el)| m.visits[*e].len() as u32 >= el.visits_per_month).count();
+    let full =
+        input.elders.iter().enumerate().filter(|(e, el)| m.visits[*e].len() as u32 >= el.visits_per_month).count();
     full as f64 / input.elders.len() as f64
 }
 
@@ -154,20 +161,30 @@ fn with_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> crate::Re
     if threads == 0 {
         return Ok(f());
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| crate::Error::BadOption { name: "threads", reason: format!("cannot start {threads} threads: {e}") })?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::Error::BadOption {
+        name: "threads",
+        reason: format!("cannot start {threads} threads: {e}"),
+    })?;
     Ok(pool.install(f))
 }
 
 /// Plans the month. Never fails on an infeasible instance: it returns the best
 /// plan with every uncovered elder, its reason and the status.
-pub fn plan(input: &PlanInput, travel: &dyn TravelModel, opts: &PlanOptions, progress: Option<ProgressFn>) -> crate::Result<PlanOutcome> {
+pub fn plan(
+    input: &PlanInput,
+    travel: &dyn TravelModel,
+    opts: &PlanOptions,
+    progress: Option<ProgressFn>,
+) -> crate::Result<PlanOutcome> {
     with_pool(opts.threads, || plan_in_pool(input, travel, opts, progress))
 }
 
-fn plan_in_pool(input: &PlanInput, travel: &dyn TravelModel, opts: &PlanOptions, progress: Option<ProgressFn>) -> PlanOutcome {
+fn plan_in_pool(
+    input: &PlanInput,
+    travel: &dyn TravelModel,
+    opts: &PlanOptions,
+    progress: Option<ProgressFn>,
+) -> PlanOutcome {
     let t0 = Instant::now();
     let deadline = t0 + opts.time_limit;
     let ctx = routes::Ctx::new(input, travel);
@@ -203,7 +220,9 @@ fn plan_in_pool(input: &PlanInput, travel: &dyn TravelModel, opts: &PlanOptions,
     build::improve_all_routes(&ctx, &mut m);
     let iters = opts.lns_iterations.unwrap_or_else(|| (20 * input.elders.len() as u64).min(200_000));
     let cov = covered_share(input, &m);
-    planner.lns(&mut m, iters, deadline, &mut rng, all_days, |_, travel| report(progress, Phase::Improve, t0, travel, cov));
+    planner.lns(&mut m, iters, deadline, &mut rng, all_days, |_, travel| {
+        report(progress, Phase::Improve, t0, travel, cov)
+    });
     build::improve_all_routes(&ctx, &mut m);
     // Second chance for elders the construction could not place.
     for &e in &failed {
@@ -239,7 +258,13 @@ pub(crate) fn finish(
     let (uncovered, suggestions) = diagnose::explain(ctx, m, anchor, cluster_of, proofs);
     let status = if uncovered.is_empty() {
         CoverageStatus::Full
-    } else if ctx.input.elders.iter().enumerate().all(|(e, el)| m.visits[e].len() as u32 >= el.visits_per_month || proofs[e].is_some()) {
+    } else if ctx
+        .input
+        .elders
+        .iter()
+        .enumerate()
+        .all(|(e, el)| m.visits[e].len() as u32 >= el.visits_per_month || proofs[e].is_some())
+    {
         CoverageStatus::ProvedImpossible
     } else {
         CoverageStatus::NotFoundInTime

@@ -2,7 +2,7 @@
 //! export and the human summary. Times are minutes after midnight of `date`.
 
 use super::input::PlanInput;
-use super::model::{ElderId, CaregiverId};
+use super::model::{CaregiverId, ElderId};
 use super::routes::{Ctx, Loc, Month};
 use serde::{Deserialize, Serialize};
 
@@ -109,7 +109,12 @@ pub(crate) fn to_plan(ctx: &Ctx, m: &Month) -> Plan {
                 let arrive = dep + ctx.tt(c, prev, Loc::Elder(e));
                 let svc = input.elders[e].service;
                 debug_assert!(arrive <= r.es[k]);
-                stops.push(Stop { elder: input.elders[e].id.clone(), arrive_min: min(arrive), start_min: min(r.es[k]), end_min: min(r.es[k] + svc) });
+                stops.push(Stop {
+                    elder: input.elders[e].id.clone(),
+                    arrive_min: min(arrive),
+                    start_min: min(r.es[k]),
+                    end_min: min(r.es[k] + svc),
+                });
                 dep = r.es[k] + svc;
                 prev = Loc::Elder(e);
             }
@@ -125,7 +130,8 @@ pub(crate) fn to_plan(ctx: &Ctx, m: &Month) -> Plan {
     }
     let required: u64 = input.elders.iter().map(|e| e.visits_per_month as u64).sum();
     let scheduled: u64 = m.visits.iter().map(|v| v.len() as u64).sum();
-    let full = input.elders.iter().enumerate().filter(|(e, el)| m.visits[*e].len() as u32 >= el.visits_per_month).count();
+    let full =
+        input.elders.iter().enumerate().filter(|(e, el)| m.visits[*e].len() as u32 >= el.visits_per_month).count();
     let n = input.elders.len();
     Plan {
         month: input.month.to_text(),
@@ -146,8 +152,10 @@ pub(crate) fn to_plan(ctx: &Ctx, m: &Month) -> Plan {
 /// `[lon, lat]` order) and one Point per visit, with properties for QGIS/kepler.gl.
 pub fn to_geojson(input: &PlanInput, plan: &Plan) -> serde_json::Value {
     use serde_json::json;
-    let cg: std::collections::HashMap<&CaregiverId, &super::model::Caregiver> = input.caregivers.iter().map(|c| (&c.id, c)).collect();
-    let el: std::collections::HashMap<&ElderId, &super::model::Elder> = input.elders.iter().map(|e| (&e.id, e)).collect();
+    let cg: std::collections::HashMap<&CaregiverId, &super::model::Caregiver> =
+        input.caregivers.iter().map(|c| (&c.id, c)).collect();
+    let el: std::collections::HashMap<&ElderId, &super::model::Elder> =
+        input.elders.iter().map(|e| (&e.id, e)).collect();
     let mut features = Vec::new();
     for r in &plan.routes {
         let Some(c) = cg.get(&r.caregiver) else { continue };

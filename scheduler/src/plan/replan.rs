@@ -3,10 +3,10 @@
 //! few routes as possible (touching a new route costs more than a detour).
 
 use super::build::Planner;
+use super::model::{CaregiverId, ElderId};
 use super::output::Plan;
 use super::routes::{Ctx, Month};
 use super::{finish, report, Phase, PlanInput, PlanOptions, PlanOutcome, ProgressFn, TravelModel};
-use super::model::{CaregiverId, ElderId};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -86,11 +86,15 @@ fn replan_in_pool(
     let el_idx: HashMap<&str, usize> = input.elders.iter().enumerate().map(|(i, e)| (e.id.0.as_str(), i)).collect();
     let mut m = Month::new(&ctx);
     for r in &plan.routes {
-        let c = *cg_idx.get(r.caregiver.0.as_str()).ok_or_else(|| Error::PlanMismatch(format!("unknown caregiver {}", r.caregiver)))?;
+        let c = *cg_idx
+            .get(r.caregiver.0.as_str())
+            .ok_or_else(|| Error::PlanMismatch(format!("unknown caregiver {}", r.caregiver)))?;
         let d = input.month.parse_date(&r.date)?;
         let i = m.idx(c, d);
         for s in &r.stops {
-            let e = *el_idx.get(s.elder.0.as_str()).ok_or_else(|| Error::PlanMismatch(format!("unknown elder {}", s.elder)))?;
+            let e = *el_idx
+                .get(s.elder.0.as_str())
+                .ok_or_else(|| Error::PlanMismatch(format!("unknown elder {}", s.elder)))?;
             m.routes[i].stops.push(e);
             m.visits[e].push((d, c));
         }
@@ -106,7 +110,9 @@ fn replan_in_pool(
     for ev in events {
         match ev {
             Event::CaregiverAbsent { caregiver, date } => {
-                let c = *cg_idx.get(caregiver.0.as_str()).ok_or_else(|| Error::PlanMismatch(format!("unknown caregiver {caregiver}")))?;
+                let c = *cg_idx
+                    .get(caregiver.0.as_str())
+                    .ok_or_else(|| Error::PlanMismatch(format!("unknown caregiver {caregiver}")))?;
                 let d = input.month.parse_date(date)?;
                 if d < from {
                     continue;
@@ -119,7 +125,9 @@ fn replan_in_pool(
                 }
             }
             Event::VisitDone { elder, date } | Event::VisitMissed { elder, date } => {
-                let e = *el_idx.get(elder.0.as_str()).ok_or_else(|| Error::PlanMismatch(format!("unknown elder {elder}")))?;
+                let e = *el_idx
+                    .get(elder.0.as_str())
+                    .ok_or_else(|| Error::PlanMismatch(format!("unknown elder {elder}")))?;
                 let d = input.month.parse_date(date)?;
                 let Some(&(_, c)) = m.visits[e].iter().find(|v| v.0 == d) else {
                     return Err(Error::PlanMismatch(format!("no planned visit of elder {elder} on {date}")));
@@ -176,6 +184,7 @@ fn replan_in_pool(
     changed.sort_unstable();
     let cluster_of: Vec<usize> = (0..input.caregivers.len()).collect();
     let outcome = finish(&ctx, &m, &planner.anchor, &cluster_of, &proofs, t0, progress);
-    let changed_routes = changed.into_iter().map(|(d, c)| (input.caregivers[c].id.clone(), input.month.date(d))).collect();
+    let changed_routes =
+        changed.into_iter().map(|(d, c)| (input.caregivers[c].id.clone(), input.month.date(d))).collect();
     Ok(ReplanOutcome { outcome, changed_routes })
 }

@@ -38,7 +38,9 @@ impl<'a> Ctx<'a> {
             day_wd[d as usize] = input.month.weekday(d);
         }
         let mask = |w: super::model::Weekdays| -> u64 {
-            (1..=days).filter(|&d| w.contains(day_wd[d as usize]) && !input.is_holiday(d)).fold(0u64, |m, d| m | (1 << d))
+            (1..=days)
+                .filter(|&d| w.contains(day_wd[d as usize]) && !input.is_holiday(d))
+                .fold(0u64, |m, d| m | (1 << d))
         };
         let elder_days = input.elders.iter().map(|e| mask(e.days)).collect();
         let cg_days = input.caregivers.iter().map(|c| mask(c.days)).collect();

@@ -28,7 +28,10 @@ const KM_PER_DEG: f64 = 111.195;
 fn offset(c: GeoPoint, r_km: f64, rng: &mut ChaCha8Rng) -> GeoPoint {
     let r = r_km * rng.random::<f64>().sqrt();
     let a = rng.random::<f64>() * std::f64::consts::TAU;
-    GeoPoint { lat: c.lat + r * a.sin() / KM_PER_DEG, lon: c.lon + r * a.cos() / (KM_PER_DEG * c.lat.to_radians().cos()) }
+    GeoPoint {
+        lat: c.lat + r * a.sin() / KM_PER_DEG,
+        lon: c.lon + r * a.cos() / (KM_PER_DEG * c.lat.to_radians().cos()),
+    }
 }
 
 /// Generates `n_elders` elders and `n_caregivers` caregivers around `centre`.
@@ -54,7 +57,11 @@ pub fn generate(seed: u64, n_elders: usize, n_caregivers: usize, centre: GeoPoin
         if rng.random_bool(0.2) {
             skills.push("dementia".to_string());
         }
-        let shift = if rng.random_bool(0.8) { TimeWindow { open: 8 * 3600 + 1800, close: 17 * 3600 + 1800 } } else { TimeWindow { open: 8 * 3600, close: 16 * 3600 } };
+        let shift = if rng.random_bool(0.8) {
+            TimeWindow { open: 8 * 3600 + 1800, close: 17 * 3600 + 1800 }
+        } else {
+            TimeWindow { open: 8 * 3600, close: 16 * 3600 }
+        };
         let days = if rng.random_bool(0.85) { Weekdays(0b0011111) } else { Weekdays(0b0111111) };
         caregivers.push(Caregiver {
             id: CaregiverId(format!("C{:03}", i + 1)),
@@ -72,7 +79,14 @@ pub fn generate(seed: u64, n_elders: usize, n_caregivers: usize, centre: GeoPoin
     // witness[c][d] = stops (elder, start) ; end[c][d] = (time free, location)
     let mut routes: Vec<Vec<Vec<(usize, Secs)>>> = vec![vec![Vec::new(); days_in as usize + 1]; n_cg];
     let mut elders: Vec<Elder> = Vec::with_capacity(n_elders);
-    let cats = [Category::EmptyNest, Category::LivingAlone, Category::LeftBehind, Category::Disabled, Category::SpecialFamily, Category::Other];
+    let cats = [
+        Category::EmptyNest,
+        Category::LivingAlone,
+        Category::LeftBehind,
+        Category::Disabled,
+        Category::SpecialFamily,
+        Category::Other,
+    ];
     let mut e = 0;
     let mut attempts = 0;
     while elders.len() < n_elders && attempts < n_elders * 50 {
@@ -163,7 +177,8 @@ pub fn generate(seed: u64, n_elders: usize, n_caregivers: usize, centre: GeoPoin
                 Weekdays(w)
             }
         };
-        let skill = if !cg.skills.is_empty() && rng.random_bool(0.3) { cg.skills.choose(&mut rng).cloned() } else { None };
+        let skill =
+            if !cg.skills.is_empty() && rng.random_bool(0.3) { cg.skills.choose(&mut rng).cloned() } else { None };
         let preferred = rng.random_bool(0.2).then(|| cg.id.clone());
         let mut categories = vec![*cats.choose(&mut rng).unwrap_or(&Category::Other)];
         if rng.random_bool(0.3) {

@@ -19,7 +19,13 @@ pub(crate) fn serviceable_alone(inst: &Instance, c: usize) -> bool {
 ///
 /// With `near = Some((neighbours, k))`, only routes holding one of the `k`
 /// nearest customers of `c` are scanned (plus a new route).
-pub(crate) fn insert_all(st: &mut State, todo: &[usize], blink: f64, rng: &mut ChaCha8Rng, near: Option<(&Neighbours, usize)>) {
+pub(crate) fn insert_all(
+    st: &mut State,
+    todo: &[usize],
+    blink: f64,
+    rng: &mut ChaCha8Rng,
+    near: Option<(&Neighbours, usize)>,
+) {
     let inst = st.inst;
     let mut cand: Vec<usize> = Vec::new();
     for &c in todo {
@@ -59,7 +65,14 @@ pub(crate) fn insert_all(st: &mut State, todo: &[usize], blink: f64, rng: &mut C
 
 /// Scans the given routes for a cheaper feasible insertion of `c` than `best`;
 /// returns whether any feasible position exists (even a dearer one).
-fn scan(st: &State, c: usize, routes: &[usize], blink: f64, rng: &mut ChaCha8Rng, best: &mut (f64, usize, usize)) -> bool {
+fn scan(
+    st: &State,
+    c: usize,
+    routes: &[usize],
+    blink: f64,
+    rng: &mut ChaCha8Rng,
+    best: &mut (f64, usize, usize),
+) -> bool {
     let inst = st.inst;
     let mut found = false;
     for &ri in routes {

@@ -10,16 +10,16 @@
 //! in `f64`; every route it returns is re-checked by [`feasibility::check`]
 //! (tolerance [`feasibility::TOLERANCE`]) and the search itself is strict (no tolerance).
 
+mod construct;
 pub mod feasibility;
 pub mod io;
-mod construct;
 mod ops;
 mod search;
 mod sisr;
 mod state;
 
-pub use io::{read_instance, read_solution, parse_instance, parse_solution, write_solution, format_solution};
 pub use feasibility::{check, FeasibilityReport, Violation, TOLERANCE};
+pub use io::{format_solution, parse_instance, parse_solution, read_instance, read_solution, write_solution};
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 use super::construct::{initial, insert_all};
 use super::search::{local_search, Neighbours};
 use super::state::State;
-use super::{Instance, SolveOptions, Solution};
+use super::{Instance, Solution, SolveOptions};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,8 +130,13 @@ fn ruin(st: &mut State, nb: &Neighbours, rng: &mut ChaCha8Rng) -> Vec<usize> {
     // Apply removals from the highest route index down (set_route may swap_remove).
     remove.sort_by(|a, b| b.0.cmp(&a.0));
     for (r, idx) in remove {
-        let cs: Vec<usize> =
-            st.routes[r].customers().iter().enumerate().filter(|(k, _)| idx.binary_search(k).is_err()).map(|(_, &c)| c).collect();
+        let cs: Vec<usize> = st.routes[r]
+            .customers()
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| idx.binary_search(k).is_err())
+            .map(|(_, &c)| c)
+            .collect();
         st.set_route(r, &cs);
     }
     removed

@@ -18,7 +18,13 @@ pub(crate) struct Route {
 
 impl Clone for Route {
     fn clone(&self) -> Self {
-        Route { nodes: self.nodes.clone(), es: self.es.clone(), ls: self.ls.clone(), load: self.load.clone(), dist: self.dist }
+        Route {
+            nodes: self.nodes.clone(),
+            es: self.es.clone(),
+            ls: self.ls.clone(),
+            load: self.load.clone(),
+            dist: self.dist,
+        }
     }
 
     /// Reuses this route's buffers (the SISR loop copies solutions every iteration).
@@ -83,7 +89,14 @@ impl Route {
 /// Is `prefix(ra, i) + middle + suffix(rb, j)` time-feasible? `i` is the last
 /// kept position of `ra`, `j` the first kept position of `rb` (may be the end depot).
 #[inline]
-pub(crate) fn concat_ok(inst: &Instance, ra: &Route, i: usize, middle: impl IntoIterator<Item = usize>, rb: &Route, j: usize) -> bool {
+pub(crate) fn concat_ok(
+    inst: &Instance,
+    ra: &Route,
+    i: usize,
+    middle: impl IntoIterator<Item = usize>,
+    rb: &Route,
+    j: usize,
+) -> bool {
     let mut p = ra.nodes[i];
     let mut t = ra.es[i] + inst.service[p];
     for m in middle {
@@ -134,7 +147,12 @@ pub(crate) struct State<'a> {
 
 impl Clone for State<'_> {
     fn clone(&self) -> Self {
-        State { inst: self.inst, routes: self.routes.clone(), route_of: self.route_of.clone(), pos_of: self.pos_of.clone() }
+        State {
+            inst: self.inst,
+            routes: self.routes.clone(),
+            route_of: self.route_of.clone(),
+            pos_of: self.pos_of.clone(),
+        }
     }
 
     fn clone_from(&mut self, src: &Self) {

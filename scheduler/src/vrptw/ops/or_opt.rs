@@ -37,7 +37,9 @@ pub(crate) fn evaluate(st: &State, u: usize, v: usize, len: usize) -> Option<Mov
     if b.total_load() + q > inst.capacity {
         return None;
     }
-    if !concat_ok(inst, a, pu - 1, std::iter::empty(), a, last + 1) || !concat_ok(inst, b, pv, seg.iter().copied(), b, pv + 1) {
+    if !concat_ok(inst, a, pu - 1, std::iter::empty(), a, last + 1)
+        || !concat_ok(inst, b, pv, seg.iter().copied(), b, pv + 1)
+    {
         return None;
     }
     Some(Move { delta, ra, rb, pu, pv, len })

@@ -31,7 +31,8 @@ pub(crate) fn evaluate(st: &State, u: usize, v: usize) -> Option<Move> {
     if la > inst.capacity || lb > inst.capacity {
         return None;
     }
-    if !concat_ok(inst, a, pu, std::iter::empty(), b, pv) || !concat_ok(inst, b, pv - 1, std::iter::empty(), a, pu + 1) {
+    if !concat_ok(inst, a, pu, std::iter::empty(), b, pv) || !concat_ok(inst, b, pv - 1, std::iter::empty(), a, pu + 1)
+    {
         return None;
     }
     Some(Move { delta, ra, rb, pu, pv })
