@@ -323,3 +323,13 @@ fn csv_files_round_trip_through_load_and_plan() {
         other => panic!("expected input issues, got {other:?}"),
     }
 }
+
+#[test]
+fn realised_coverage_counts_done_visits() {
+    let inp = input("E1,甲,30.2650,120.1350,other,2,30,,,,\nE2,乙,30.2550,120.1250,other,1,30,,,,\n", C1, "");
+    let e1 = plan::ElderId("E1".into());
+    let e2 = plan::ElderId("E2".into());
+    let c = plan::coverage_of(&inp, [&e1, &e2, &e2]);
+    assert_eq!((c.fully_covered, c.scheduled_visits, c.required_visits), (1, 2, 3));
+    assert_eq!(c.rate, 0.5);
+}
