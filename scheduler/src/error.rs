@@ -58,6 +58,14 @@ pub enum Error {
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A VRPTW customer cannot be served even by a vehicle of its own.
+    #[error("customer {customer} cannot be served even alone: {reason}")]
+    Unservable {
+        /// Customer number (1-based, as in `.sol` files).
+        customer: usize,
+        /// Why.
+        reason: &'static str,
+    },
     /// An option is out of range.
     #[error("bad option {name}: {reason}")]
     BadOption {

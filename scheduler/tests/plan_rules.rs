@@ -343,3 +343,41 @@ fn csv_files_round_trip_through_load_and_plan() {
         other => panic!("expected input issues, got {other:?}"),
     }
 }
+
+#[test]
+fn realised_coverage_counts_done_visits() {
+    let inp = input("E1,甲,30.2650,120.1350,other,2,30,,,,\nE2,乙,30.2550,120.1250,other,1,30,,,,\n", C1, "");
+    let e1 = plan::ElderId("E1".into());
+    let e2 = plan::ElderId("E2".into());
+    let c = plan::coverage_of(&inp, [&e1, &e2, &e2]);
+    assert_eq!((c.fully_covered, c.scheduled_visits, c.required_visits), (1, 2, 3));
+    assert_eq!(c.rate, 0.5);
+}
+
+#[test]
+fn replan_rejects_events_that_do_not_match_the_plan() {
+    let s = synth::generate(8, 20, 2, synth::default_centre());
+    let tm = Haversine::default();
+    let out = plan::plan(&s.input, &tm, &opts(), None).expect("plans");
+    let r = &out.plan.routes[0];
+    let e = r.stops[0].elder.clone();
+    let other_day = if r.date == "2026-12-31" { "2026-12-30" } else { "2026-12-31" };
+    let ev = vec![Event::VisitDone { elder: e.clone(), date: other_day.into() }];
+    let planned_there = out.plan.routes.iter().any(|x| x.date == other_day && x.stops.iter().any(|s| s.elder == e));
+    let res = plan::replan(&s.input, &tm, &out.plan, &ev, "2026-12-15", &opts(), None);
+    if planned_there {
+        assert!(res.is_ok());
+    } else {
+        assert!(matches!(res, Err(scheduler::Error::PlanMismatch(_))), "{res:?}");
+    }
+    let unknown =
+        vec![Event::CaregiverAbsent { caregiver: plan::CaregiverId("NOPE".into()), date: "2026-12-15".into() }];
+    assert!(matches!(
+        plan::replan(&s.input, &tm, &out.plan, &unknown, "2026-12-15", &opts(), None),
+        Err(scheduler::Error::PlanMismatch(_))
+    ));
+    // With no events nothing changes.
+    let same = plan::replan(&s.input, &tm, &out.plan, &[], "2026-12-15", &opts(), None).expect("replans");
+    assert!(same.changed_routes.is_empty());
+    assert_eq!(same.outcome.plan.routes, out.plan.routes);
+}

@@ -42,3 +42,11 @@ fn solver_output_on_a_solomon_instance_is_feasible_and_deterministic() {
     // A sanity bound: within 15% of the float64 BKS after a few hundred iterations.
     assert!(a.cost < 1517.93 * 1.15, "cost {} too far from the best known", a.cost);
 }
+
+#[test]
+fn unservable_customer_is_an_error_not_a_panic() {
+    let text = "NAME : U\nDIMENSION : 2\nCAPACITY : 10\nNODE_COORD_SECTION\n1 0 0\n2 30 40\nDEMAND_SECTION\n1 0\n2 5\nTIME_WINDOW_SECTION\n1 0 100\n2 0 20\nDEPOT_SECTION\n1\n-1\nEOF\n";
+    let inst = vrptw::parse_instance(text, "u").expect("parses");
+    let opts = SolveOptions { max_iterations: Some(10), ..SolveOptions::default() };
+    assert!(matches!(vrptw::solve(&inst, &opts), Err(scheduler::Error::Unservable { customer: 1, .. })));
+}

@@ -146,7 +146,7 @@ fn workload(ctx: &Ctx, e: usize, c: usize) -> f64 {
 /// Monthly seconds caregiver `c` can give.
 fn capacity(ctx: &Ctx, c: usize) -> f64 {
     let cg = &ctx.input.caregivers[c];
-    ctx.cg_days[c].count_ones() as f64 * cg.shift.len() as f64 * UTILISATION
+    ctx.cg_days[c].count_ones() as f64 * cg.shift.duration() as f64 * UTILISATION
 }
 
 /// LP relaxation of the cluster's generalised assignment problem, rounded to

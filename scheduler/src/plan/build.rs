@@ -307,7 +307,7 @@ impl<'a> Planner<'a> {
                 }
             }
             if ok {
-                let journal = m.journal.as_ref().map(|j| j.as_slice()).unwrap_or(&[]);
+                let journal = m.journal.as_deref().unwrap_or(&[]);
                 let mut seen = std::collections::HashSet::new();
                 let mut delta: Secs = 0;
                 for (i, old) in journal {

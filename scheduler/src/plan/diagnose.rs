@@ -72,7 +72,7 @@ pub(crate) fn proofs(ctx: &Ctx) -> Vec<Option<String>> {
         let demand: Secs =
             members.iter().map(|&e| input.elders[e].service * input.elders[e].visits_per_month as Secs).sum();
         let supply: Secs =
-            cgs.iter().map(|&c| input.caregivers[c].shift.len() * ctx.cg_days[c].count_ones() as Secs).sum();
+            cgs.iter().map(|&c| input.caregivers[c].shift.duration() * ctx.cg_days[c].count_ones() as Secs).sum();
         let visits: u64 = members.iter().map(|&e| input.elders[e].visits_per_month as u64).sum();
         let slots: u64 = cgs
             .iter()
@@ -115,8 +115,9 @@ pub(crate) fn explain(
     let missing = |e: usize| input.elders[e].visits_per_month.saturating_sub(m.visits[e].len() as u32);
     // Area = cluster of the anchor caregiver (or of the nearest qualified one).
     let area = |e: usize| anchor[e].or_else(|| ctx.qualified[e].first().copied()).map(|c| cluster_of[c]);
-    let mut short: std::collections::BTreeMap<Option<usize>, (f64, f64, f64, usize, Option<String>)> =
-        Default::default();
+    // area -> (hours short, sum lat, sum lon, elders, a skill needed there)
+    type Short = (f64, f64, f64, usize, Option<String>);
+    let mut short: std::collections::BTreeMap<Option<usize>, Short> = Default::default();
     for e in 0..input.elders.len() {
         if missing(e) > 0 && proofs[e].is_none() {
             let el = &input.elders[e];
@@ -146,7 +147,7 @@ pub(crate) fn explain(
         uncovered.push(super::output::Uncovered { elder: input.elders[e].id.clone(), missing_visits: k, reason });
     }
     let mut suggestions = Vec::new();
-    for (_, (h, lat, lon, n, skill)) in &short {
+    for (h, lat, lon, n, skill) in short.values() {
         let (lat, lon) = (lat / *n as f64, lon / *n as f64);
         let skill = skill.as_ref().map(|s| format!(" with skill {s:?}")).unwrap_or_default();
         suggestions.push(format!(

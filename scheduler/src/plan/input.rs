@@ -71,7 +71,7 @@ impl PlanInput {
                 }
             }
             if let Some(w) = e.window {
-                if w.len() < e.service {
+                if w.duration() < e.service {
                     issues.push(issue(
                         "elders",
                         line,
@@ -355,7 +355,8 @@ fn parse_elders(text: &str, file: &str, issues: &mut Vec<InputIssue>) -> Vec<(u6
         let lat = r.float(issues, "lat", -90.0, 90.0);
         let lon = r.float(issues, "lon", -180.0, 180.0);
         let mut categories = Vec::new();
-        for c in r.get("category").to_string().split(';').filter(|s| !s.trim().is_empty()) {
+        let cats = r.get("category").to_string();
+        for c in cats.split(';').filter(|s| !s.trim().is_empty()) {
             match parse_category(c) {
                 Ok(c) => categories.push(c),
                 Err(e) => r.fail(issues, "category", e),
@@ -375,7 +376,7 @@ fn parse_elders(text: &str, file: &str, issues: &mut Vec<InputIssue>) -> Vec<(u6
             None
         } else {
             match TimeWindow::parse(&w) {
-                Ok(tw) if tw.len() < service_min as i64 * 60 => {
+                Ok(tw) if tw.duration() < service_min as i64 * 60 => {
                     r.fail(issues, "window", format!("window {w} is shorter than the {service_min}-minute service"));
                     None
                 }

@@ -26,7 +26,7 @@ pub use calendar::Month;
 pub use diagnose::CoverageStatus;
 pub use input::PlanInput;
 pub use model::*;
-pub use output::{to_geojson, Coverage, Plan, RoutePlan, Stats, Stop, Uncovered};
+pub use output::{coverage_of, to_geojson, Coverage, Plan, RoutePlan, Stats, Stop, Uncovered};
 pub use replan::{replan, Event, ReplanOutcome};
 pub use travel::{Haversine, TravelModel};
 
@@ -205,7 +205,7 @@ fn plan_in_pool(
         .map(|e| {
             let el = &input.elders[e];
             let options: u64 = planner.near[e].iter().map(|&c| ctx.common_days(e, c).count_ones() as u64).sum();
-            let width = el.window.map(|w| w.len()).unwrap_or(86_400);
+            let width = el.window.map(|w| w.duration()).unwrap_or(86_400);
             (options / el.visits_per_month as u64, width, e)
         })
         .collect();

@@ -159,8 +159,8 @@ impl TimeWindow {
         Ok(TimeWindow { open, close })
     }
 
-    /// Length in seconds.
-    pub fn len(&self) -> Secs {
+    /// Length in seconds (> 0 by the invariant).
+    pub fn duration(&self) -> Secs {
         self.close - self.open
     }
 

@@ -148,6 +148,33 @@ pub(crate) fn to_plan(ctx: &Ctx, m: &Month) -> Plan {
     }
 }
 
+/// Coverage of a set of realised (or planned) visits, one `ElderId` per visit,
+/// e.g. the visits recorded done for `GetCoverage`. Unknown ids are ignored;
+/// visits beyond an elder's requirement do not count twice.
+pub fn coverage_of<'a>(input: &PlanInput, visits: impl IntoIterator<Item = &'a ElderId>) -> Coverage {
+    let mut count: std::collections::HashMap<&ElderId, u32> = std::collections::HashMap::new();
+    for v in visits {
+        *count.entry(v).or_default() += 1;
+    }
+    let mut full = 0;
+    let mut scheduled = 0u64;
+    for e in &input.elders {
+        let n = count.get(&e.id).copied().unwrap_or(0).min(e.visits_per_month);
+        scheduled += n as u64;
+        if n == e.visits_per_month {
+            full += 1;
+        }
+    }
+    let n = input.elders.len();
+    Coverage {
+        elders: n,
+        fully_covered: full,
+        required_visits: input.elders.iter().map(|e| e.visits_per_month as u64).sum(),
+        scheduled_visits: scheduled,
+        rate: if n == 0 { 1.0 } else { full as f64 / n as f64 },
+    }
+}
+
 /// GeoJSON FeatureCollection: one LineString per route (base -> stops -> base,
 /// `[lon, lat]` order) and one Point per visit, with properties for QGIS/kepler.gl.
 pub fn to_geojson(input: &PlanInput, plan: &Plan) -> serde_json::Value {

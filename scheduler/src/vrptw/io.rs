@@ -86,10 +86,8 @@ pub fn parse_instance(text: &str, file: &str) -> Result<Instance> {
                     "CAPACITY" => capacity = Some(num(v, file, ln, "CAPACITY")?),
                     "VEHICLES" => vehicles = Some(num(v, file, ln, "VEHICLES")?),
                     "SERVICE_TIME" => service_scalar = num(v, file, ln, "SERVICE_TIME")?,
-                    "EDGE_WEIGHT_TYPE" => {
-                        if v != "EUC_2D" {
-                            return Err(err(file, ln, format!("unsupported EDGE_WEIGHT_TYPE {v:?}")));
-                        }
+                    "EDGE_WEIGHT_TYPE" if v != "EUC_2D" => {
+                        return Err(err(file, ln, format!("unsupported EDGE_WEIGHT_TYPE {v:?}")));
                     }
                     _ => {}
                 }

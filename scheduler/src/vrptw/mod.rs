@@ -47,7 +47,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Builds an instance from its columns and precomputes the distance matrix.
+    /// Builds an instance from its columns (one argument per VRPLIB section)
+    /// and precomputes the distance matrix.
+    #[allow(clippy::too_many_arguments)]
     /// Invariant (checked by the reader): all columns have the same length >= 1.
     pub fn new(
         name: String,
@@ -155,10 +157,12 @@ impl Default for SolveOptions {
 pub fn solve(inst: &Instance, opts: &SolveOptions) -> crate::Result<Solution> {
     for c in 1..inst.n_nodes() {
         if !construct::serviceable_alone(inst, c) {
-            return Err(crate::Error::BadOption {
-                name: "instance",
-                reason: format!("customer {c} cannot be served by any vehicle even alone"),
-            });
+            let reason = if inst.demand[c] > inst.capacity {
+                "demand exceeds capacity"
+            } else {
+                "time window or depot close unreachable"
+            };
+            return Err(crate::Error::Unservable { customer: c, reason });
         }
     }
     let threads = opts.threads.max(1);
@@ -170,7 +174,7 @@ pub fn solve(inst: &Instance, opts: &SolveOptions) -> crate::Result<Solution> {
         let sols: Vec<Solution> = (0..threads).into_par_iter().map(run).collect();
         let mut best: Option<Solution> = None;
         for s in sols {
-            if best.as_ref().map_or(true, |b| s.cost < b.cost) {
+            if best.as_ref().is_none_or(|b| s.cost < b.cost) {
                 best = Some(s);
             }
         }

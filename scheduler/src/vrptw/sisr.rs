@@ -46,7 +46,7 @@ pub(crate) fn run(inst: &Instance, opts: &SolveOptions, seed: u64) -> Solution {
                 break;
             }
             frac = it as f64 / max as f64;
-        } else if it % 32 == 0 {
+        } else if it.is_multiple_of(32) {
             let el = t0.elapsed().as_secs_f64();
             if el >= limit {
                 break;
@@ -128,7 +128,7 @@ fn ruin(st: &mut State, nb: &Neighbours, rng: &mut ChaCha8Rng) -> Vec<usize> {
         remove.push((r, idx));
     }
     // Apply removals from the highest route index down (set_route may swap_remove).
-    remove.sort_by(|a, b| b.0.cmp(&a.0));
+    remove.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (r, idx) in remove {
         let cs: Vec<usize> = st.routes[r]
             .customers()

@@ -37,5 +37,5 @@ pub(crate) fn apply(st: &mut State, m: Move) {
     let mut cs = st.routes[m.r].nodes.clone();
     cs[m.pu + 1..=m.pv].reverse();
     let n = cs.len();
-    st.set_route(m.r, &cs[1..n - 1].to_vec());
+    st.set_route(m.r, &cs[1..n - 1]);
 }
