@@ -171,6 +171,14 @@ pub struct KpiSnapshot {
     pub escalations: Vec<(EscalationReason, u64)>,
 }
 
+/// A timer that `tick` fires.
+enum Timer {
+    OfferExpired,
+    ArrivalOverdue,
+    /// A pending incident (e.g. read back after a restart) still needs a caregiver.
+    Dispatch,
+}
+
 enum KeyState {
     Pending,
     Done(IncidentId),
@@ -455,14 +463,7 @@ impl Dispatcher {
             }
             for c in candidates {
                 if c.slot.try_claim(inc.id, preempt) {
-                    inc.state = IncidentState::Offered;
-                    inc.assigned = Some(c.slot.id.clone());
-                    inc.assigned_eta_s = c.eta_s;
-                    inc.dispatch_attempts += 1;
-                    inc.first_offered_ms.get_or_insert(now);
-                    inc.offered_ms = Some(now);
-                    inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
-                    inc.updated_ms = now;
+                    self.offer_to(inc, &c.slot.id, c.eta_s, now);
                     events.push(event(EventKind::Offered, inc, now, Some(&c.slot.id), ""));
                     return;
                 }
@@ -477,6 +478,18 @@ impl Dispatcher {
             (EscalationReason::AllDeclined, format!("no free caregiver left after {} declined", inc.declined_by.len()))
         };
         self.escalate_in(inc, reason, &note, now, events);
+    }
+
+    /// Records an offer to `cg`, whom the caller has just claimed.
+    fn offer_to(&self, inc: &mut Incident, cg: &CaregiverId, eta_s: f64, now: i64) {
+        inc.state = IncidentState::Offered;
+        inc.assigned = Some(cg.clone());
+        inc.assigned_eta_s = eta_s;
+        inc.dispatch_attempts += 1;
+        inc.first_offered_ms.get_or_insert(now);
+        inc.offered_ms = Some(now);
+        inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
+        inc.updated_ms = now;
     }
 
     fn escalate_in(
@@ -522,7 +535,6 @@ impl Dispatcher {
             self.incidents.get(&id).map(|c| c.clone()).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
         let mut guard = cell.lock();
         let current = guard.as_ref().ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
-        let before = current.clone();
         let mut next = current.clone();
         let now = self.now_ms();
         let mut events = Vec::new();
@@ -531,7 +543,7 @@ impl Dispatcher {
             return Ok(next);
         }
         if let Err(e) = self.journal.append(&events) {
-            self.undo_claims(&before, &next);
+            self.undo_claims(current, &next);
             return Err(DispatchError::Journal(e));
         }
         if next.state.is_terminal() {
@@ -577,17 +589,20 @@ impl Dispatcher {
         }
     }
 
+    /// A caregiver's action: `cg` must hold the incident and it must be in
+    /// state `from` (the action would take it to `to`).
+    fn expect_held(inc: &Incident, cg: &CaregiverId, from: IncidentState, to: IncidentState) -> Result<()> {
+        Self::check_holder(inc, cg)?;
+        if inc.state != from {
+            return Err(DispatchError::InvalidTransition { incident: inc.id.to_string(), from: inc.state, to });
+        }
+        Ok(())
+    }
+
     /// The caregiver acknowledges the offer.
     pub fn accept(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
         self.update(id, |inc, now, events| {
-            Self::check_holder(inc, cg)?;
-            if inc.state != IncidentState::Offered {
-                return Err(DispatchError::InvalidTransition {
-                    incident: id.to_string(),
-                    from: inc.state,
-                    to: IncidentState::Accepted,
-                });
-            }
+            Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Accepted)?;
             inc.state = IncidentState::Accepted;
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
@@ -600,14 +615,7 @@ impl Dispatcher {
     /// The caregiver declines; the incident goes to the next nearest.
     pub fn decline(&self, id: IncidentId, cg: &CaregiverId, note: &str) -> Result<Incident> {
         self.update(id, |inc, now, events| {
-            Self::check_holder(inc, cg)?;
-            if inc.state != IncidentState::Offered {
-                return Err(DispatchError::InvalidTransition {
-                    incident: id.to_string(),
-                    from: inc.state,
-                    to: IncidentState::Pending,
-                });
-            }
+            Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Pending)?;
             self.release_holder(inc);
             inc.declined_by.push(cg.clone());
             inc.state = IncidentState::Pending;
@@ -621,14 +629,7 @@ impl Dispatcher {
     /// The caregiver reached the elder.
     pub fn arrive(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
         self.update(id, |inc, now, events| {
-            Self::check_holder(inc, cg)?;
-            if inc.state != IncidentState::Accepted {
-                return Err(DispatchError::InvalidTransition {
-                    incident: id.to_string(),
-                    from: inc.state,
-                    to: IncidentState::OnScene,
-                });
-            }
+            Self::expect_held(inc, cg, IncidentState::Accepted, IncidentState::OnScene)?;
             inc.state = IncidentState::OnScene;
             inc.arrived_ms = Some(now);
             inc.updated_ms = now;
@@ -691,14 +692,7 @@ impl Dispatcher {
             let eta = GeoPoint::new("position", lat, lon)
                 .map(|p| self.config.travel.eta_s(p.distance_m(&inc.location), slot.mode()))
                 .unwrap_or(0.0);
-            inc.state = IncidentState::Offered;
-            inc.assigned = Some(to.clone());
-            inc.assigned_eta_s = eta;
-            inc.dispatch_attempts += 1;
-            inc.first_offered_ms.get_or_insert(now);
-            inc.offered_ms = Some(now);
-            inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
-            inc.updated_ms = now;
+            self.offer_to(inc, to, eta, now);
             events.push(event(EventKind::Reassigned, inc, now, Some(to), note));
             Ok(())
         })
@@ -726,9 +720,16 @@ impl Dispatcher {
         let now = self.now_ms();
         let mut changed = 0;
         for id in ids {
-            let res = self.update(id, |inc, now, events| {
-                match inc.state {
-                    IncidentState::Offered if inc.offer_deadline_ms.is_some_and(|d| d <= now) => {
+            // Peek without copying: most open incidents have nothing due.
+            let Some(cell) = self.incidents.get(&id).map(|c| c.clone()) else { continue };
+            if cell.lock().as_ref().and_then(|inc| self.timer_due(inc, now)).is_none() {
+                continue;
+            }
+            let mut fired = false;
+            let _ = self.update(id, |inc, now, events| {
+                // Due again under the lock: an action may have come in between.
+                match self.timer_due(inc, now) {
+                    Some(Timer::OfferExpired) => {
                         if let Some(cg) = self.release_holder(inc) {
                             inc.declined_by.push(cg.clone());
                             inc.state = IncidentState::Pending;
@@ -737,28 +738,35 @@ impl Dispatcher {
                         }
                         self.dispatch(inc, now, events);
                     }
-                    IncidentState::Accepted if !inc.arrival_overdue => {
-                        let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
-                            + self.config.arrival_overdue_slack_ms;
-                        if inc.accepted_ms.is_some_and(|a| now - a > allowed) {
-                            inc.arrival_overdue = true;
-                            inc.updated_ms = now;
-                            let holder = inc.assigned.clone();
-                            events.push(event(EventKind::ArrivalOverdue, inc, now, holder.as_ref(), "arrival overdue"));
-                        }
+                    Some(Timer::ArrivalOverdue) => {
+                        inc.arrival_overdue = true;
+                        inc.updated_ms = now;
+                        let holder = inc.assigned.clone();
+                        events.push(event(EventKind::ArrivalOverdue, inc, now, holder.as_ref(), "arrival overdue"));
                     }
-                    IncidentState::Pending => self.dispatch(inc, now, events),
-                    _ => {}
+                    Some(Timer::Dispatch) => self.dispatch(inc, now, events),
+                    None => return Ok(()),
                 }
+                fired = true;
                 Ok(())
             });
-            if let Ok(inc) = res {
-                if inc.updated_ms == now {
-                    changed += 1;
-                }
-            }
+            changed += usize::from(fired);
         }
         changed
+    }
+
+    /// Which timer of `inc`, if any, is due at `now`.
+    fn timer_due(&self, inc: &Incident, now: i64) -> Option<Timer> {
+        match inc.state {
+            IncidentState::Offered if inc.offer_deadline_ms.is_some_and(|d| d <= now) => Some(Timer::OfferExpired),
+            IncidentState::Accepted if !inc.arrival_overdue => {
+                let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
+                    + self.config.arrival_overdue_slack_ms;
+                inc.accepted_ms.is_some_and(|a| now - a > allowed).then_some(Timer::ArrivalOverdue)
+            }
+            IncidentState::Pending => Some(Timer::Dispatch),
+            _ => None,
+        }
     }
 
     // ----------------------------------------------------------------- reads
