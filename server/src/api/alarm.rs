@@ -1,10 +1,8 @@
 //! AlarmService: RaiseAlarm and StreamAlarms for devices and gateways.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use dispatch_core as core;
-use futures::Stream;
 use proto::v1 as pb;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,7 +92,7 @@ pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResul
     })
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<pb::AlarmAck, Status>> + Send>>;
+type AckStream = super::ResponseStream<pb::AlarmAck>;
 
 #[tonic::async_trait]
 impl pb::alarm_service_server::AlarmService for AlarmApi {

@@ -1,18 +1,14 @@
 //! CaregiverService: position fixes, duty status and the assignment feed of
 //! the caregiver app.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use dispatch_core as core;
-use futures::Stream;
 use proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::blocking;
+use super::{blocking, forward, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_status, geo, geo_opt, incident_pb, pb_status};
 use crate::error::{ApiError, ApiResult};
@@ -69,7 +65,7 @@ fn apply_fix(state: &AppState, u: &pb::LocationUpdate, now: i64) -> ApiResult<()
     Ok(())
 }
 
-type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentEvent, Status>> + Send>>;
+type AssignmentStream = ResponseStream<pb::AssignmentEvent>;
 
 #[tonic::async_trait]
 impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
@@ -140,7 +136,7 @@ impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
             .dispatcher
             .caregiver(&id)
             .ok_or_else(|| ApiError::NotFound { what: "caregiver", id: id.to_string() })?;
-        let mut events = self.state.fanout.subscribe_caregiver(id.as_str());
+        let events = self.state.fanout.subscribe_caregiver(id.as_str());
         // What the caregiver holds now is sent first, so a reconnecting app misses nothing.
         let held = view.active_incident.and_then(|i| self.state.dispatcher.incident(i));
         let first = held.map(|inc| {
@@ -151,33 +147,8 @@ impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
             };
             self.state.fanout.assignment(kind, incident_pb(&inc))
         });
-        let (tx, rx) = mpsc::channel(64);
-        let closed = self.state.closed();
-        tokio::spawn(async move {
-            tokio::pin!(closed);
-            if let Some(ev) = first {
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let recv = tokio::select! {
-                    r = events.recv() => r,
-                    _ = &mut closed => return,
-                };
-                let ev = match recv {
-                    Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(_)) => pb::AssignmentEvent {
-                        kind: pb::AssignmentEventKind::ResyncRequired as i32,
-                        ..Default::default()
-                    },
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let lagged =
+            |_| pb::AssignmentEvent { kind: pb::AssignmentEventKind::ResyncRequired as i32, ..Default::default() };
+        Ok(Response::new(forward(&self.state, first.into_iter().collect(), events, Some, lagged, 64)))
     }
 }

@@ -1,16 +1,12 @@
 //! DispatchService: the console's view of incidents and the actions on them.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use dispatch_core as core;
-use futures::Stream;
 use proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::blocking;
+use super::{blocking, forward, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_escalation, core_outcome, core_state, incident_pb, pb_escalation, pb_state, text};
 use crate::error::{ApiError, ApiResult};
@@ -52,7 +48,7 @@ async fn act(
     Ok(Response::new(incident_pb(&inc)))
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::IncidentEvent, Status>> + Send>>;
+type EventStream = ResponseStream<pb::IncidentEvent>;
 
 #[tonic::async_trait]
 impl pb::dispatch_service_server::DispatchService for DispatchApi {
@@ -67,52 +63,31 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
         let min = pb::Severity::try_from(req.min_severity)
             .map_err(|_| ApiError::invalid("min_severity", format!("{} is not a severity", req.min_severity)))?;
         // Subscribe before the snapshot so nothing falls between the two.
-        let mut events = self.state.fanout.subscribe_console();
+        let events = self.state.fanout.subscribe_console();
         let snapshot = if req.include_open_snapshot { self.state.dispatcher.open_incidents() } else { Vec::new() };
-        let (tx, rx) = mpsc::channel(256);
         let keep = move |i: &pb::Incident| i.severity >= min as i32;
-        let closed = self.state.closed();
-        tokio::spawn(async move {
-            tokio::pin!(closed);
-            for inc in snapshot {
-                let inc = incident_pb(&inc);
-                if !keep(&inc) {
-                    continue;
-                }
-                let ev = pb::IncidentEvent {
-                    seq: 0,
-                    at_unix_ms: inc.updated_unix_ms,
-                    kind: pb::IncidentEventKind::Created as i32,
-                    incident: Some(inc),
-                    caregiver_id: String::new(),
-                    note: "snapshot".into(),
-                };
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let recv = tokio::select! {
-                    r = events.recv() => r,
-                    _ = &mut closed => return,
-                };
-                let ev = match recv {
-                    Ok(ev) if ev.incident.as_ref().is_some_and(&keep) => (*ev).clone(),
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => pb::IncidentEvent {
-                        kind: pb::IncidentEventKind::ResyncRequired as i32,
-                        at_unix_ms: super::now_ms(),
-                        note: format!("console fell behind and missed {n} events; re-read with ListIncidents"),
-                        ..Default::default()
-                    },
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let first: Vec<pb::IncidentEvent> = snapshot
+            .iter()
+            .map(incident_pb)
+            .filter(|inc| keep(inc))
+            .map(|inc| pb::IncidentEvent {
+                seq: 0,
+                at_unix_ms: inc.updated_unix_ms,
+                kind: pb::IncidentEventKind::Created as i32,
+                incident: Some(inc),
+                caregiver_id: String::new(),
+                note: "snapshot".into(),
+            })
+            .collect();
+        let lagged = |n: u64| pb::IncidentEvent {
+            kind: pb::IncidentEventKind::ResyncRequired as i32,
+            at_unix_ms: super::now_ms(),
+            note: format!("console fell behind and missed {n} events; re-read with ListIncidents"),
+            ..Default::default()
+        };
+        let keep_event =
+            move |ev: Arc<pb::IncidentEvent>| ev.incident.as_ref().is_some_and(&keep).then(|| (*ev).clone());
+        Ok(Response::new(forward(&self.state, first, events, keep_event, lagged, 256)))
     }
 
     #[tracing::instrument(skip(self, request), fields(incident = %request.get_ref().incident_id))]

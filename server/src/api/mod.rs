@@ -8,7 +8,63 @@ pub mod dispatch;
 pub mod registry;
 pub mod scheduling;
 
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
+
+/// A server-streaming response.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Streams `first`, then every broadcast item that `keep` turns into a
+/// message; a receiver that fell behind gets `lagged(missed)`. Ends when the
+/// client goes away, the channel closes or the server shuts down.
+pub fn forward<T, U>(
+    state: &AppState,
+    first: Vec<T>,
+    mut rx: broadcast::Receiver<U>,
+    keep: impl Fn(U) -> Option<T> + Send + 'static,
+    lagged: impl Fn(u64) -> T + Send + 'static,
+    buffer: usize,
+) -> ResponseStream<T>
+where
+    T: Send + 'static,
+    U: Clone + Send + 'static,
+{
+    let (tx, out) = mpsc::channel(buffer);
+    let closed = state.closed();
+    tokio::spawn(async move {
+        tokio::pin!(closed);
+        for m in first {
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let recv = tokio::select! {
+                r = rx.recv() => r,
+                _ = &mut closed => return,
+            };
+            let msg = match recv {
+                Ok(item) => match keep(item) {
+                    Some(m) => m,
+                    None => continue,
+                },
+                Err(broadcast::error::RecvError::Lagged(n)) => lagged(n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out))
+}
 
 /// Runs `f` (which may wait for a durable write) off the async workers.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
