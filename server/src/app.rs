@@ -22,6 +22,7 @@ use crate::api::scheduling::SchedulingApi;
 use crate::config::Config;
 use crate::convert::{caregiver_profile, core_status};
 use crate::fanout::Fanout;
+use crate::planning::Planning;
 use crate::registry::Registry;
 use crate::store::{Store, StoreWriter};
 
@@ -39,6 +40,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub fanout: Arc<Fanout>,
     pub store: Store,
+    pub planning: Arc<Planning>,
     /// When each caregiver's position was last written to the store.
     pub position_persisted: DashMap<String, i64>,
     /// Turns true when the server shuts down; long-lived streams end on it.
@@ -138,10 +140,13 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
     let open = snapshot.incidents.iter().filter(|i| i.state.is_open()).count();
     let total = snapshot.incidents.len();
     dispatcher.restore(snapshot.incidents, snapshot.keys);
+    let plans = snapshot.plans.len();
+    let planning =
+        Arc::new(Planning::restore(config.planning.clone(), store.clone(), snapshot.plans, snapshot.visits)?);
     tracing::info!(
         data = %store.path().display(),
         elders = counts.0, caregivers = counts.1, devices = counts.2, incidents = total, open_incidents = open,
-        "store opened"
+        plans, "store opened"
     );
 
     let state = Arc::new(AppState {
@@ -149,6 +154,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         registry,
         fanout,
         store,
+        planning,
         position_persisted: DashMap::new(),
         closing: tokio::sync::watch::channel(false).0,
     });

@@ -21,6 +21,11 @@ use serde::Deserialize;
 /// max_radius_km = 30
 /// max_offers = 5
 /// tick_ms = 500
+/// [planning]
+/// service_min = 30          # visit length for registry elders
+/// max_visits_per_day = 8    # for registry caregivers that set none
+/// utc_offset_h = 8          # the office's time zone (China Standard Time)
+/// max_queued_jobs = 8
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +36,17 @@ pub struct RawConfig {
     pub otlp_endpoint: Option<String>,
     #[serde(default)]
     pub dispatch: RawDispatch,
+    #[serde(default)]
+    pub planning: RawPlanning,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlanning {
+    pub service_min: Option<u32>,
+    pub max_visits_per_day: Option<u32>,
+    pub utc_offset_h: Option<i32>,
+    pub max_queued_jobs: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +80,57 @@ pub struct Config {
     pub dispatch: dispatch_core::DispatchConfig,
     /// How often timers (offer expiry, arrival overdue) are checked.
     pub tick_ms: u64,
+    pub planning: PlanningConfig,
+}
+
+/// Settings of the planning service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanningConfig {
+    /// Minutes per visit for elders planned from the registry (which has no such field).
+    pub service_min: u32,
+    /// Stops per day for registry caregivers whose `max_visits_per_day` is 0.
+    pub max_visits_per_day: u32,
+    /// Offset of the office's time zone from UTC, hours: decides "today" for re-planning.
+    pub utc_offset_h: i32,
+    /// Planning jobs waiting or running at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_queued_jobs: usize,
+}
+
+impl Default for PlanningConfig {
+    fn default() -> Self {
+        PlanningConfig { service_min: 30, max_visits_per_day: 8, utc_offset_h: 8, max_queued_jobs: 8 }
+    }
+}
+
+impl PlanningConfig {
+    fn from_raw(p: &RawPlanning) -> anyhow::Result<PlanningConfig> {
+        let mut c = PlanningConfig::default();
+        if let Some(m) = p.service_min {
+            if !(1..=480).contains(&m) {
+                bail!("planning.service_min: {m} is not between 1 and 480");
+            }
+            c.service_min = m;
+        }
+        if let Some(n) = p.max_visits_per_day {
+            if !(1..=100).contains(&n) {
+                bail!("planning.max_visits_per_day: {n} is not between 1 and 100");
+            }
+            c.max_visits_per_day = n;
+        }
+        if let Some(h) = p.utc_offset_h {
+            if !(-12..=14).contains(&h) {
+                bail!("planning.utc_offset_h: {h} is not between -12 and 14");
+            }
+            c.utc_offset_h = h;
+        }
+        if let Some(n) = p.max_queued_jobs {
+            if !(1..=1000).contains(&n) {
+                bail!("planning.max_queued_jobs: {n} is not between 1 and 1000");
+            }
+            c.max_queued_jobs = n;
+        }
+        Ok(c)
+    }
 }
 
 impl Config {
@@ -110,6 +177,7 @@ impl Config {
             data_dir: raw.data_dir.clone().unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DATA_DIR)),
             dispatch,
             tick_ms,
+            planning: PlanningConfig::from_raw(&raw.planning)?,
         })
     }
 }
@@ -137,6 +205,8 @@ mod tests {
         let raw: RawConfig = toml::from_str("[dispatch]\nmax_radius_km = -1").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.max_radius_km"));
         assert!(toml::from_str::<RawConfig>("lisen = \"x\"").is_err(), "unknown keys are errors");
+        let raw: RawConfig = toml::from_str("[planning]\nservice_min = 0").unwrap();
+        assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("planning.service_min"));
         let raw = RawConfig { listen: Some("nowhere".into()), ..Default::default() };
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("listen:"));
     }

@@ -5,11 +5,13 @@
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod fanout;
+pub mod planning;
 pub mod registry;
 pub mod store;
 pub mod telemetry;

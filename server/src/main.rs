@@ -37,6 +37,15 @@ enum Command {
     /// Run a simulated district against an in-process server on a temporary
     /// store and report throughput, latency and incident outcomes.
     Demo(server::demo::DemoArgs),
+    /// Plan a month of visits from elders.csv and caregivers.csv; writes plan.json.
+    /// Exits 3 when coverage is below 100% (the plan and the reasons are still written).
+    Plan(server::cli::PlanArgs),
+    /// Repair the rest of a month's plan after events (absences, visits done or missed).
+    Replan(server::cli::ReplanArgs),
+    /// Solve a VRPLIB CVRPTW benchmark instance with the routing engine.
+    Vrptw(server::cli::VrptwArgs),
+    /// Write a synthetic district (elders.csv, caregivers.csv) that a 100% plan exists for.
+    Sample(server::cli::SampleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,8 +109,8 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let raw = raw_config(&cli)?;
     let default_level = match cli.command {
-        Command::Demo(_) => "warn",
-        _ => "info",
+        Command::Serve(_) => "info",
+        _ => "warn",
     };
     let _telemetry = server::telemetry::init(log_format(&raw)?, raw.otlp_endpoint.as_deref(), default_level)?;
     match cli.command {
@@ -125,5 +134,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => server::demo::run(&args, &raw).await,
+        Command::Plan(args) => offline(move || server::cli::plan(&args)).await,
+        Command::Replan(args) => offline(move || server::cli::replan(&args)).await,
+        Command::Vrptw(args) => offline(move || server::cli::vrptw(&args)).await,
+        Command::Sample(args) => offline(move || server::cli::sample(&args)).await,
     }
+}
+
+/// Runs a CPU-bound command off the async workers.
+async fn offline(
+    f: impl FnOnce() -> anyhow::Result<std::process::ExitCode> + Send + 'static,
+) -> anyhow::Result<std::process::ExitCode> {
+    tokio::task::spawn_blocking(f).await.context("command task")?
 }

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS incident_events (seq INTEGER PRIMARY KEY AUTOINCREMEN
     kind INTEGER NOT NULL, at_ms INTEGER NOT NULL, caregiver_id TEXT, note TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_by_incident ON incident_events (incident_id);
 CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS plans (job_id TEXT PRIMARY KEY, month TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    phase INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL DEFAULT 0,
+    input TEXT, plan TEXT, suggestions TEXT);
+CREATE INDEX IF NOT EXISTS plans_by_month ON plans (month, created_ms);
+CREATE TABLE IF NOT EXISTS visit_records (elder_id TEXT NOT NULL, date TEXT NOT NULL, caregiver_id TEXT NOT NULL,
+    outcome INTEGER NOT NULL, at_ms INTEGER NOT NULL, note TEXT NOT NULL, PRIMARY KEY (elder_id, date));
 ";
 
 const SCHEMA_VERSION: &str = "1";
@@ -59,8 +65,35 @@ pub enum WriteOp {
     Events(Vec<IncidentEvent>),
     Elder(pb::Elder),
     Caregiver(pb::Caregiver),
-    CaregiverState { id: String, status: i32, lat: f64, lon: f64, seen_ms: i64 },
+    CaregiverState {
+        id: String,
+        status: i32,
+        lat: f64,
+        lon: f64,
+        seen_ms: i64,
+    },
     Device(pb::Device),
+    /// A planning job was queued, failed or finished (`plan` set when finished).
+    Plan(PlanRow),
+    /// The latest record of one elder's visit on one date.
+    Visit(pb::RecordVisitRequest),
+}
+
+/// One planning job as stored. `input`, `plan` and `suggestions` are JSON
+/// documents, set once the job has finished.
+#[derive(Debug, Clone, Default)]
+pub struct PlanRow {
+    pub job_id: String,
+    pub month: String,
+    pub created_ms: i64,
+    /// A `pb::PlanPhase`.
+    pub phase: i32,
+    pub message: String,
+    /// A `pb::CoverageStatus`.
+    pub status: i32,
+    pub input: Option<String>,
+    pub plan: Option<String>,
+    pub suggestions: Option<String>,
 }
 
 struct Request {
@@ -87,6 +120,9 @@ pub struct Snapshot {
     pub devices: Vec<pb::Device>,
     pub incidents: Vec<dispatch_core::Incident>,
     pub keys: Vec<(IdempotencyKey, IncidentId)>,
+    /// Planning jobs, oldest first.
+    pub plans: Vec<PlanRow>,
+    pub visits: Vec<pb::RecordVisitRequest>,
 }
 
 /// Handle to the store; cheap to clone, shared by the handlers and the dispatcher.
@@ -297,6 +333,35 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError>
             )?
             .execute(params![d.id, d.elder_id, d.encode_to_vec()])?;
         }
+        WriteOp::Plan(p) => {
+            tx.prepare_cached(
+                "INSERT INTO plans (job_id, month, created_ms, phase, message, status, input, plan, suggestions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase, message = excluded.message,
+                 status = excluded.status, input = excluded.input, plan = excluded.plan,
+                 suggestions = excluded.suggestions",
+            )?
+            .execute(params![
+                p.job_id,
+                p.month,
+                p.created_ms,
+                p.phase,
+                p.message,
+                p.status,
+                p.input,
+                p.plan,
+                p.suggestions
+            ])?;
+        }
+        WriteOp::Visit(v) => {
+            tx.prepare_cached(
+                "INSERT INTO visit_records (elder_id, date, caregiver_id, outcome, at_ms, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (elder_id, date) DO UPDATE SET caregiver_id = excluded.caregiver_id,
+                 outcome = excluded.outcome, at_ms = excluded.at_ms, note = excluded.note",
+            )?
+            .execute(params![v.elder_id, v.date, v.caregiver_id, v.outcome, v.at_unix_ms, v.note])?;
+        }
     }
     Ok(())
 }
@@ -351,6 +416,41 @@ fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
         let key = IdempotencyKey::parse("key", &key)
             .map_err(|e| StoreError::Corrupt { what: format!("alarm key {key}"), reason: e.to_string() })?;
         snap.keys.push((key, IncidentId(id as u64)));
+    }
+    let mut st = conn.prepare(
+        "SELECT job_id, month, created_ms, phase, message, status, input, plan, suggestions FROM plans
+         ORDER BY created_ms, job_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(PlanRow {
+            job_id: r.get(0)?,
+            month: r.get(1)?,
+            created_ms: r.get(2)?,
+            phase: r.get(3)?,
+            message: r.get(4)?,
+            status: r.get(5)?,
+            input: r.get(6)?,
+            plan: r.get(7)?,
+            suggestions: r.get(8)?,
+        })
+    })?;
+    for row in rows {
+        snap.plans.push(row?);
+    }
+    let mut st =
+        conn.prepare("SELECT elder_id, date, caregiver_id, outcome, at_ms, note FROM visit_records ORDER BY date")?;
+    let rows = st.query_map([], |r| {
+        Ok(pb::RecordVisitRequest {
+            elder_id: r.get(0)?,
+            date: r.get(1)?,
+            caregiver_id: r.get(2)?,
+            outcome: r.get(3)?,
+            at_unix_ms: r.get(4)?,
+            note: r.get(5)?,
+        })
+    })?;
+    for row in rows {
+        snap.visits.push(row?);
     }
     Ok(snap)
 }
