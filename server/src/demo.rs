@@ -43,6 +43,9 @@ pub struct DemoArgs {
     /// Seed of the simulation.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Seconds the planner may spend on the district's visits of next month (0 = skip planning).
+    #[arg(long, default_value_t = 20.0)]
+    pub plan_time_limit: f64,
 }
 
 #[derive(Default)]
@@ -292,6 +295,9 @@ pub async fn run(args: &DemoArgs, _raw: &RawConfig) -> anyhow::Result<std::proce
     for t in tasks {
         t.abort();
     }
+    if args.plan_time_limit > 0.0 {
+        plan_month(&channel, args.plan_time_limit).await?;
+    }
     drop(dispatch);
     drop(channel);
     server.shutdown().await?;
@@ -303,6 +309,73 @@ pub async fn run(args: &DemoArgs, _raw: &RawConfig) -> anyhow::Result<std::proce
         return Ok(std::process::ExitCode::FAILURE);
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Plans next month's visits of the whole registry through SchedulingService
+/// and prints coverage, travel and the three busiest caregiver-days.
+async fn plan_month(channel: &Channel, time_limit_s: f64) -> anyhow::Result<()> {
+    let today = crate::planning::local_date(crate::api::now_ms(), 8);
+    let (y, m): (i32, u32) = (today[..4].parse()?, today[5..7].parse()?);
+    let month = if m == 12 { format!("{}-01", y + 1) } else { format!("{y}-{:02}", m + 1) };
+    println!("\nMonthly visits: planning {month} for every registered elder (time limit {time_limit_s} s)");
+    let mut s = pb::scheduling_service_client::SchedulingServiceClient::new(channel.clone());
+    let req = pb::SubmitPlanRequest { month: month.clone(), time_limit_s, seed: 1, ..Default::default() };
+    let job = s.submit_plan(req).await.context("SubmitPlan")?.into_inner().job_id;
+    let mut progress = s.watch_plan(pb::WatchPlanRequest { job_id: job.clone() }).await?.into_inner();
+    let mut phase = -1;
+    while let Some(p) = progress.next().await {
+        let p = p?;
+        if p.phase != phase {
+            let name = pb::PlanPhase::try_from(p.phase).map(|p| p.as_str_name()).unwrap_or("?");
+            println!(
+                "  [{:>5.1} s] {:<22} coverage {:>6.2}%  travel {:>9.0} min",
+                p.elapsed_s,
+                name.trim_start_matches("PLAN_PHASE_"),
+                100.0 * p.coverage_rate,
+                p.best_travel_min
+            );
+            phase = p.phase;
+        }
+        if p.phase == pb::PlanPhase::Failed as i32 {
+            anyhow::bail!("planning failed: {}", p.message);
+        }
+    }
+    let plan = s.get_plan(pb::GetPlanRequest { job_id: job, month: String::new() }).await?.into_inner();
+    let c = plan.coverage.clone().unwrap_or_default();
+    let status = pb::CoverageStatus::try_from(c.status).map(|s| s.as_str_name()).unwrap_or("?");
+    println!(
+        "  coverage {}/{} elders ({:.1}%), {}/{} visits, {}; {} caregiver-day routes; total travel {:.0} min; solved in {:.1} s",
+        c.fully_covered,
+        c.elders,
+        100.0 * c.rate,
+        c.scheduled_visits,
+        c.required_visits,
+        status.trim_start_matches("COVERAGE_STATUS_"),
+        plan.routes.len(),
+        plan.total_travel_min,
+        plan.solve_seconds
+    );
+    let mut busiest: Vec<&pb::Route> = plan.routes.iter().collect();
+    busiest.sort_by(|a, b| (b.end_min - b.start_min).total_cmp(&(a.end_min - a.start_min)));
+    for r in busiest.iter().take(3) {
+        let hm = |m: f64| format!("{:02}:{:02}", (m / 60.0) as u32, (m % 60.0) as u32);
+        println!(
+            "  busiest: {} on {}: {} visits, {}-{}, {:.0} min travelling",
+            r.caregiver_id,
+            r.date,
+            r.stops.len(),
+            hm(r.start_min),
+            hm(r.end_min),
+            r.travel_min
+        );
+    }
+    for u in c.uncovered.iter().take(5) {
+        println!("  uncovered {} (missing {}): {}", u.elder_id, u.missing_visits, u.reason);
+    }
+    for x in &plan.suggestions {
+        println!("  suggestion: {x}");
+    }
+    Ok(())
 }
 
 async fn load(channel: &Channel, d: &District) -> anyhow::Result<()> {

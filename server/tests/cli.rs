@@ -25,8 +25,24 @@ fn sample_plan_replan_and_geojson() {
     let (elders, caregivers) = (d.join("elders.csv"), d.join("caregivers.csv"));
     let (out, geo) = (d.join("plan.json"), d.join("routes.geojson"));
     let o = anxin(&[
-        "plan", "--elders", p(&elders), "--caregivers", p(&caregivers), "--month", "2026-12", "--holidays",
-        "2026-12-25", "--time-limit", "10", "--threads", "1", "--out", p(&out), "--geojson", p(&geo), "--quiet",
+        "plan",
+        "--elders",
+        p(&elders),
+        "--caregivers",
+        p(&caregivers),
+        "--month",
+        "2026-12",
+        "--holidays",
+        "2026-12-25",
+        "--time-limit",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        p(&out),
+        "--geojson",
+        p(&geo),
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -51,9 +67,26 @@ fn sample_plan_replan_and_geojson() {
     std::fs::write(&events, format!(r#"[{{"kind":"caregiver_absent","caregiver":"{cg}","date":"{date}"}}]"#)).unwrap();
     let repaired = d.join("plan2.json");
     let o = anxin(&[
-        "replan", "--elders", p(&elders), "--caregivers", p(&caregivers), "--plan", p(&out), "--events", p(&events),
-        "--from", "2026-12-01", "--holidays", "2026-12-25", "--time-limit", "10", "--threads", "1", "--out",
-        p(&repaired), "--quiet",
+        "replan",
+        "--elders",
+        p(&elders),
+        "--caregivers",
+        p(&caregivers),
+        "--plan",
+        p(&out),
+        "--events",
+        p(&events),
+        "--from",
+        "2026-12-01",
+        "--holidays",
+        "2026-12-25",
+        "--time-limit",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        p(&repaired),
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("route(s) changed"), "{}", text(&o));
