@@ -11,7 +11,9 @@ pub mod incident;
 pub mod index;
 pub mod lifecycle;
 pub mod roster;
+pub mod supervision;
 pub mod types;
+pub mod wheel;
 
 pub use engine::{
     CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Journal, KpiSnapshot, ManualClock, NoJournal, NoSink,
@@ -23,6 +25,7 @@ pub use incident::{Alarm, EventKind, Incident, IncidentEvent};
 pub use index::{Candidate, GridIndex, MatchFilter};
 pub use lifecycle::IncidentState;
 pub use roster::{CaregiverProfile, CaregiverSlot};
+pub use supervision::{Heard, Offline, Supervisor, DEFAULT_MISSED_HEARTBEATS};
 pub use types::{
     AlarmKind, CaregiverId, CaregiverStatus, DeviceId, ElderId, EscalationReason, IdempotencyKey, IncidentId, Outcome,
     Severity,

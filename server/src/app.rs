@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dashmap::DashMap;
-use dispatch_core::{self as core, Dispatcher, SystemClock};
+use dispatch_core::{self as core, Dispatcher, Supervisor, SystemClock};
 use proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub fanout: Arc<Fanout>,
     pub store: Store,
     pub planning: Arc<Planning>,
+    /// Heartbeat supervision of devices.
+    pub supervisor: Supervisor,
     /// When each caregiver's position was last written to the store.
     pub position_persisted: DashMap<String, i64>,
     /// Turns true when the server shuts down; long-lived streams end on it.
@@ -64,6 +66,7 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
+    supervision: JoinHandle<()>,
     writer: Option<StoreWriter>,
 }
 
@@ -76,6 +79,7 @@ impl RunningServer {
             let _ = tx.send(());
         }
         self.ticker.abort();
+        self.supervision.abort();
         // Calls still open after the grace period (a client that keeps its
         // upload stream open) are cut off; every acknowledged write is durable.
         let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.serve).await {
@@ -121,9 +125,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
     for e in snapshot.elders {
         registry.elders.insert(e.id.clone(), e);
     }
-    for d in snapshot.devices {
-        registry.devices.insert(d.id.clone(), d);
-    }
+    let devices = snapshot.devices;
     for (c, status, pos, seen) in snapshot.caregivers {
         let profile = caregiver_profile(&c).map_err(|e| anyhow::anyhow!("stored caregiver {}: {e}", c.id))?;
         let id = profile.id.clone();
@@ -155,9 +157,17 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         fanout,
         store,
         planning,
+        supervisor: Supervisor::new(core::DEFAULT_MISSED_HEARTBEATS, crate::api::now_ms()),
         position_persisted: DashMap::new(),
         closing: tokio::sync::watch::channel(false).0,
     });
+
+    let restarted_ms = crate::api::now_ms();
+    for d in devices {
+        crate::supervision::watch(&state, &d, d.last_heartbeat_unix_ms.max(restarted_ms));
+        state.registry.devices.insert(d.id.clone(), d);
+    }
+    let supervision = crate::supervision::spawn(state.clone());
 
     let ticker = {
         let d = state.dispatcher.clone();
@@ -229,7 +239,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         let _ = rx.await;
     }));
     tracing::info!(%addr, "anxin listening");
-    Ok(RunningServer { addr, state, shutdown: Some(tx), serve, ticker, writer: Some(writer) })
+    Ok(RunningServer { addr, state, shutdown: Some(tx), serve, ticker, supervision, writer: Some(writer) })
 }
 
 /// Binds `config.listen` and starts.

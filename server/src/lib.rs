@@ -14,4 +14,5 @@ pub mod fanout;
 pub mod planning;
 pub mod registry;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;

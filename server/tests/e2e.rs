@@ -526,3 +526,46 @@ async fn offer_timeout_redispatches_without_anyone_acting() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_device_silent_for_three_intervals_raises_device_offline_until_heard_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = boot(dir.path()).await;
+    elder(&mut c, "E1", 43.8650, 125.3860).await;
+    let device = |id: &str, interval: u32| pb::Device {
+        id: id.into(),
+        elder_id: "E1".into(),
+        kind: pb::DeviceKind::SosButton as i32,
+        heartbeat_interval_s: interval,
+        ..Default::default()
+    };
+    for d in [device("sos-1", 1), device("unsupervised", 0)] {
+        c.registry.upsert_device(pb::UpsertDeviceRequest { device: Some(d) }).await.unwrap();
+    }
+    // Wait (bounded) for the supervisor: three missed 1 s heartbeats.
+    let mut offline = Vec::new();
+    for _ in 0..100 {
+        let list = pb::ListIncidentsRequest { elder_id: "E1".into(), ..Default::default() };
+        offline = c.dispatch.list_incidents(list).await.unwrap().into_inner().incidents;
+        if !offline.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offline.len(), 1, "only the supervised device is reported: {offline:?}");
+    let inc = &offline[0];
+    assert_eq!((inc.kind, inc.device_id.as_str()), (pb::AlarmKind::DeviceOffline as i32, "sos-1"));
+    assert!(inc.idempotency_key.starts_with("supervision:sos-1:"), "{}", inc.idempotency_key);
+    let get = |id: &str| pb::GetByIdRequest { id: id.into() };
+    assert!(!c.registry.get_device(get("sos-1")).await.unwrap().into_inner().online);
+    // Reported once per silence, and online again at the next heartbeat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let list = pb::ListIncidentsRequest { elder_id: "E1".into(), ..Default::default() };
+    assert_eq!(c.dispatch.list_incidents(list).await.unwrap().into_inner().incidents.len(), 1);
+    let beat = pb::DeviceHeartbeat { device_id: "sos-1".into(), at_unix_ms: 0, battery_pct: 80 };
+    let summary = c.registry.heartbeat(tokio_stream::iter(vec![beat])).await.unwrap().into_inner();
+    assert_eq!(summary.accepted, 1);
+    let d = c.registry.get_device(get("sos-1")).await.unwrap().into_inner();
+    assert!(d.online && d.battery_pct == 80);
+    server.shutdown().await.unwrap();
+}

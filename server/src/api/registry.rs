@@ -40,14 +40,21 @@ pub fn upsert_caregiver(state: &AppState, c: Option<&pb::Caregiver>) -> ApiResul
 }
 
 pub fn upsert_device(state: &AppState, d: Option<&pb::Device>) -> ApiResult<(pb::Device, bool)> {
-    let d = validate_device(d.ok_or_else(|| ApiError::invalid("device", "is required"))?)
+    let mut d = validate_device(d.ok_or_else(|| ApiError::invalid("device", "is required"))?)
         .map_err(|e| e.within("device"))?;
     if !state.registry.elders.contains_key(&d.elder_id) {
         return Err(ApiError::NotFound { what: "device.elder_id: elder", id: d.elder_id.clone() });
     }
+    // Live state survives a re-registration.
+    let previous = state.registry.devices.get(&d.id).map(|p| p.clone());
+    if let Some(p) = &previous {
+        (d.last_heartbeat_unix_ms, d.online, d.battery_pct) = (p.last_heartbeat_unix_ms, p.online, p.battery_pct);
+    }
     state.store.write(WriteOp::Device(d.clone())).map_err(ApiError::Unavailable)?;
-    let created = state.registry.devices.insert(d.id.clone(), d.clone()).is_none();
-    Ok((d, created))
+    state.registry.devices.insert(d.id.clone(), d.clone());
+    // Supervision (re)starts at registration.
+    crate::supervision::watch(state, &d, d.last_heartbeat_unix_ms.max(super::now_ms()));
+    Ok((d, previous.is_none()))
 }
 
 fn required_id(id: &str) -> ApiResult<()> {
@@ -173,11 +180,16 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
                     .devices
                     .get_mut(&hb.device_id)
                     .ok_or_else(|| ApiError::NotFound { what: "device", id: hb.device_id.clone() })?;
-                d.last_heartbeat_unix_ms = if hb.at_unix_ms > 0 { hb.at_unix_ms } else { super::now_ms() };
+                // A device clock ahead of ours must not buy it silence.
+                let now = super::now_ms();
+                d.last_heartbeat_unix_ms = if hb.at_unix_ms > 0 { hb.at_unix_ms.min(now) } else { now };
                 d.online = true;
                 if hb.battery_pct > 0 {
                     d.battery_pct = hb.battery_pct;
                 }
+                let at = d.last_heartbeat_unix_ms;
+                drop(d);
+                crate::supervision::heard(&self.state, &hb.device_id, at);
                 Ok(())
             })();
             match res {
