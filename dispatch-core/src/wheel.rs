@@ -9,9 +9,12 @@
 
 use parking_lot::{Mutex, RwLock};
 
+/// Entries of one bucket: (deadline, item).
+type Bucket<T> = Mutex<Vec<(i64, T)>>;
+
 pub struct TimerWheel<T> {
     tick_ms: i64,
-    buckets: Box<[Mutex<Vec<(i64, T)>>]>,
+    buckets: Box<[Bucket<T>]>,
     /// The last tick wholly in the past at the previous `expire` (the bucket
     /// of the current tick is scanned again, as it may hold later deadlines).
     /// Scheduling holds it shared, expiring exclusively, so no entry can land
@@ -30,7 +33,7 @@ impl<T> TimerWheel<T> {
         }
     }
 
-    fn bucket(&self, tick: i64) -> &Mutex<Vec<(i64, T)>> {
+    fn bucket(&self, tick: i64) -> &Bucket<T> {
         &self.buckets[tick.rem_euclid(self.buckets.len() as i64) as usize]
     }
 

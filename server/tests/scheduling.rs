@@ -248,7 +248,7 @@ async fn the_registry_is_planned_when_no_spreadsheet_is_sent() {
         };
         reg.upsert_elder(pb::UpsertElderRequest { elder: Some(e) }).await.unwrap();
     }
-    let shift = pb::Shift { start_min: 8 * 60, end_min: 17 * 60, days: (1..=5).map(|d| d as i32).collect() };
+    let shift = pb::Shift { start_min: 8 * 60, end_min: 17 * 60, days: (1..=5).collect() };
     let cg = |id: &str, shift: Option<pb::Shift>| pb::Caregiver {
         id: id.into(),
         name: "护理员".into(),
