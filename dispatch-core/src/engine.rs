@@ -26,6 +26,7 @@ use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef};
 use crate::types::{
     AlarmKind, CaregiverId, CaregiverStatus, EscalationReason, IdempotencyKey, IncidentId, Outcome, Severity,
 };
+use crate::wheel::TimerWheel;
 
 /// Durable storage of incident events. Implemented by `server` over its store.
 pub trait Journal: Send + Sync {
@@ -187,6 +188,11 @@ enum KeyState {
 
 type IncidentCell = Arc<Mutex<Option<Incident>>>;
 
+/// Resolution of the incident timers, and their wheel's size (a revolution of 6.8 minutes;
+/// later deadlines wait out extra rounds).
+const TIMER_TICK_MS: i64 = 100;
+const TIMER_SLOTS: usize = 4096;
+
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
     config: DispatchConfig,
@@ -202,6 +208,8 @@ pub struct Dispatcher {
     roster: DashMap<CaregiverId, SlotRef>,
     skills: SkillTable,
     index: GridIndex,
+    /// Deadlines of open incidents (offer expiry, arrival overdue, pending dispatch).
+    timers: TimerWheel<IncidentId>,
     counters: Counters,
 }
 
@@ -244,7 +252,7 @@ impl Dispatcher {
             config,
             journal,
             sink,
-            clock,
+            clock: clock.clone(),
             next_id: AtomicU64::new(0),
             keys: DashMap::new(),
             incidents: DashMap::new(),
@@ -253,6 +261,7 @@ impl Dispatcher {
             roster: DashMap::new(),
             skills: SkillTable::default(),
             index: GridIndex::default(),
+            timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
             counters: Counters::default(),
         }
     }
@@ -432,6 +441,9 @@ impl Dispatcher {
         }
         self.open.insert(id, ());
         self.by_source.insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), id);
+        if let Some(d) = self.deadline(&inc) {
+            self.timers.schedule(d, id);
+        }
         *guard = Some(inc.clone());
         self.sink.publish(&events);
         Ok(RaiseOutcome { incident: inc, duplicate: false, merged: false })
@@ -545,6 +557,11 @@ impl Dispatcher {
         if let Err(e) = self.journal.append(&events) {
             self.undo_claims(current, &next);
             return Err(DispatchError::Journal(e));
+        }
+        // Every change of deadline schedules it; entries of older deadlines are dropped when they fire.
+        let deadline = self.deadline(&next);
+        if deadline.is_some() && deadline != self.deadline(current) {
+            self.timers.schedule(deadline.unwrap_or_default(), id);
         }
         if next.state.is_terminal() {
             self.open.remove(&id);
@@ -716,8 +733,12 @@ impl Dispatcher {
     /// arrivals are flagged, pending incidents (e.g. after a restart) are
     /// dispatched. Returns how many incidents changed.
     pub fn tick(&self) -> usize {
-        let ids: Vec<IncidentId> = self.open.iter().map(|e| *e.key()).collect();
         let now = self.now_ms();
+        let mut due = Vec::new();
+        self.timers.expire(now, &mut due);
+        let mut ids: Vec<IncidentId> = due.into_iter().map(|(_, id)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut changed = 0;
         for id in ids {
             // Peek without copying: most open incidents have nothing due.
@@ -755,15 +776,28 @@ impl Dispatcher {
         changed
     }
 
-    /// Which timer of `inc`, if any, is due at `now`.
-    fn timer_due(&self, inc: &Incident, now: i64) -> Option<Timer> {
+    /// When the next timer of `inc` is due, if it has one.
+    fn deadline(&self, inc: &Incident) -> Option<i64> {
         match inc.state {
-            IncidentState::Offered if inc.offer_deadline_ms.is_some_and(|d| d <= now) => Some(Timer::OfferExpired),
+            IncidentState::Offered => inc.offer_deadline_ms,
             IncidentState::Accepted if !inc.arrival_overdue => {
                 let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
                     + self.config.arrival_overdue_slack_ms;
-                inc.accepted_ms.is_some_and(|a| now - a > allowed).then_some(Timer::ArrivalOverdue)
+                inc.accepted_ms.map(|a| a + allowed)
             }
+            IncidentState::Pending => Some(inc.updated_ms),
+            _ => None,
+        }
+    }
+
+    /// Which timer of `inc`, if any, is due at `now`.
+    fn timer_due(&self, inc: &Incident, now: i64) -> Option<Timer> {
+        if self.deadline(inc)? > now {
+            return None;
+        }
+        match inc.state {
+            IncidentState::Offered => Some(Timer::OfferExpired),
+            IncidentState::Accepted => Some(Timer::ArrivalOverdue),
             IncidentState::Pending => Some(Timer::Dispatch),
             _ => None,
         }
@@ -853,6 +887,9 @@ impl Dispatcher {
                 self.open.insert(inc.id, ());
                 self.by_source
                     .insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), inc.id);
+                if let Some(d) = self.deadline(&inc) {
+                    self.timers.schedule(d, inc.id);
+                }
             }
             self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));
             self.incidents.insert(inc.id, Arc::new(Mutex::new(Some(inc))));
