@@ -102,6 +102,14 @@ pub struct DispatchConfig {
     pub merge_window_ms: i64,
     /// How far to look for a caregiver.
     pub max_radius_m: f64,
+    /// First rung of the escalation ladder: how far to look when nobody is
+    /// free within `max_radius_m`.
+    pub wide_radius_m: f64,
+    /// Last rung: an escalated critical (urgent) incident that no dispatcher
+    /// has taken on within this time gets an emergency-services (120/119)
+    /// hand-off record. Routine incidents never do.
+    pub handoff_critical_ms: i64,
+    pub handoff_urgent_ms: i64,
     /// Candidates fetched per match.
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
@@ -118,6 +126,9 @@ impl Default for DispatchConfig {
             offer_timeout_ms: 60_000,
             merge_window_ms: 120_000,
             max_radius_m: 30_000.0,
+            wide_radius_m: 60_000.0,
+            handoff_critical_ms: 180_000,
+            handoff_urgent_ms: 900_000,
             candidates: 8,
             max_offers: 5,
             arrival_overdue_factor: 2.0,
@@ -178,6 +189,8 @@ enum Timer {
     ArrivalOverdue,
     /// A pending incident (e.g. read back after a restart) still needs a caregiver.
     Dispatch,
+    /// An escalated incident waited too long: hand it off to emergency services.
+    Handoff,
 }
 
 enum KeyState {
@@ -435,7 +448,7 @@ impl Dispatcher {
         let mut events = vec![created];
         self.dispatch(&mut inc, now, &mut events);
         if let Err(e) = self.journal.append(&events) {
-            self.release_holder(&mut inc);
+            self.release_holder(&mut inc, now, &mut Vec::new(), "not stored");
             self.incidents.remove(&id);
             return Err(DispatchError::Journal(e));
         }
@@ -460,32 +473,48 @@ impl Dispatcher {
             self.escalate_in(inc, EscalationReason::AllDeclined, &note, now, events);
             return;
         }
-        let preempt = inc.severity == Severity::Critical;
-        let filter = MatchFilter {
-            skill: None,
-            exclude: &inc.declined_by,
-            allow_on_visit: preempt,
-            max_radius_m: self.config.max_radius_m,
-        };
-        // Claims can lose races with other incidents; look again a few times.
-        for _ in 0..3 {
-            let candidates = self.index.nearest(&inc.location, self.config.candidates, &filter, &self.config.travel);
-            if candidates.is_empty() {
+        let critical = inc.severity == Severity::Critical;
+        let declined = inc.declined_by.clone();
+        // The ladder's first rung: the usual radius, then the wide one.
+        let radii = [self.config.max_radius_m, self.config.wide_radius_m.max(self.config.max_radius_m)];
+        for (rung, radius) in radii.into_iter().enumerate() {
+            if rung == 1 && radius <= radii[0] {
                 break;
             }
-            for c in candidates {
-                if c.slot.try_claim(inc.id, preempt) {
-                    self.offer_to(inc, &c.slot.id, c.eta_s, now);
-                    events.push(event(EventKind::Offered, inc, now, Some(&c.slot.id), ""));
-                    return;
+            let filter =
+                MatchFilter { skill: None, exclude: &declined, allow_on_visit: critical, max_radius_m: radius };
+            // Claims can lose races with other incidents; look again a few times.
+            for _ in 0..3 {
+                let candidates =
+                    self.index.nearest(&inc.location, self.config.candidates, &filter, &self.config.travel);
+                if candidates.is_empty() {
+                    break;
                 }
+                let id = inc.id;
+                let mut claimed = candidates.iter().filter(|c| c.slot.try_claim(id, critical));
+                let Some(first) = claimed.next() else { continue };
+                let note = if rung == 1 {
+                    format!(
+                        "nobody free within {:.0} km; search widened to {:.0} km",
+                        radii[0] / 1000.0,
+                        radius / 1000.0
+                    )
+                } else {
+                    String::new()
+                };
+                self.offer_to(inc, &first.slot.id, first.eta_s, now);
+                events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
+                // Critical: the second nearest is offered too; the first to accept takes it.
+                if let Some(second) = critical.then(|| claimed.next()).flatten() {
+                    inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
+                    let note = "critical alarm: offered to the two nearest, the first to accept takes it";
+                    events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), note));
+                }
+                return;
             }
         }
         let (reason, note) = if inc.declined_by.is_empty() {
-            (
-                EscalationReason::NoCaregiverAvailable,
-                format!("no free caregiver within {:.0} km", self.config.max_radius_m / 1000.0),
-            )
+            (EscalationReason::NoCaregiverAvailable, format!("no free caregiver within {:.0} km", radii[1] / 1000.0))
         } else {
             (EscalationReason::AllDeclined, format!("no free caregiver left after {} declined", inc.declined_by.len()))
         };
@@ -504,6 +533,9 @@ impl Dispatcher {
         inc.updated_ms = now;
     }
 
+    /// Escalates `inc`: the ladder's second rung (the district supervisor
+    /// queue and the elder's family contact; the console shows both), with the
+    /// emergency hand-off timer of its severity.
     fn escalate_in(
         &self,
         inc: &mut Incident,
@@ -512,24 +544,60 @@ impl Dispatcher {
         now: i64,
         events: &mut Vec<IncidentEvent>,
     ) {
-        let released = self.release_holder(inc);
+        let released = self.release_holder(inc, now, events, "escalated");
         inc.state = IncidentState::Escalated;
         inc.escalation = Some(reason);
-        inc.escalation_note = note.to_owned();
+        inc.escalation_note = format!("{note}; in the district supervisor queue, family contact to be called");
+        inc.escalated_ms = Some(now);
         inc.offer_deadline_ms = None;
         inc.updated_ms = now;
-        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), note));
+        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), &inc.escalation_note.clone()));
     }
 
-    /// Frees the caregiver holding `inc`, if any; returns who it was.
-    fn release_holder(&self, inc: &mut Incident) -> Option<CaregiverId> {
-        let cg = inc.assigned.take()?;
-        if let Some(slot) = self.roster.get(&cg).map(|s| s.clone()) {
-            let freed = slot.release(inc.id);
-            debug_assert!(freed, "{} did not hold {}", cg, inc.id);
+    /// The ladder's last rung: an emergency-services hand-off record.
+    fn hand_off(&self, inc: &mut Incident, now: i64, events: &mut Vec<IncidentEvent>) {
+        let service = match inc.kind {
+            AlarmKind::Smoke | AlarmKind::Gas => "119 (fire)",
+            _ => "120 (medical)",
+        };
+        let waited = (now - inc.escalated_ms.unwrap_or(now)) / 1000;
+        inc.escalation = Some(EscalationReason::EmergencyServices);
+        inc.escalation_note = format!(
+            "hand-off to {service}: {:?} alarm for elder {} at {:.5},{:.5}; escalated {waited} s ago and not taken on",
+            inc.kind,
+            inc.elder,
+            inc.location.lat(),
+            inc.location.lon()
+        );
+        inc.updated_ms = now;
+        events.push(event(EventKind::Escalated, inc, now, None, &inc.escalation_note.clone()));
+    }
+
+    /// Frees every caregiver holding an offer of `inc` or `inc` itself; a
+    /// second offer that is withdrawn gets its own event (for that caregiver's
+    /// app). Returns the main holder.
+    fn release_holder(
+        &self,
+        inc: &mut Incident,
+        now: i64,
+        events: &mut Vec<IncidentEvent>,
+        why: &str,
+    ) -> Option<CaregiverId> {
+        if let Some((co, _)) = inc.co_offer.take() {
+            self.free(&co, inc.id);
+            events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&co), why));
         }
+        let cg = inc.assigned.take()?;
+        self.free(&cg, inc.id);
         inc.offer_deadline_ms = None;
         Some(cg)
+    }
+
+    fn free(&self, cg: &CaregiverId, id: IncidentId) {
+        if let Some(slot) = self.roster.get(cg).map(|s| s.clone()) {
+            let freed = slot.release(id);
+            debug_assert!(freed, "{cg} did not hold {id}");
+        }
     }
 
     // ------------------------------------------------------------ life cycle
@@ -578,11 +646,17 @@ impl Dispatcher {
     /// After a failed journal write: give back a caregiver claimed by the
     /// change and re-take the one it released.
     fn undo_claims(&self, before: &Incident, after: &Incident) {
-        if after.assigned != before.assigned {
-            if let Some(slot) = after.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
+        let held = |i: &Incident| -> Vec<CaregiverId> {
+            i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).cloned().collect()
+        };
+        let (was, now) = (held(before), held(after));
+        for c in now.iter().filter(|c| !was.contains(c)) {
+            if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
                 slot.release(after.id);
             }
-            if let Some(slot) = before.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
+        }
+        for c in was.iter().filter(|c| !now.contains(c)) {
+            if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
                 if slot.active_incident().is_none() {
                     slot.restore_claim(before.id);
                 }
@@ -616,10 +690,27 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// The caregiver acknowledges the offer.
+    /// The caregiver acknowledges the offer. Of two live offers the first
+    /// accept wins and the other is withdrawn.
     pub fn accept(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
         self.update(id, |inc, now, events| {
+            if inc.co_offer.as_ref().is_some_and(|(c, _)| c == cg) && inc.state == IncidentState::Offered {
+                let (co, eta) = inc.co_offer.take().unwrap_or_else(|| unreachable!());
+                let other = inc.assigned.replace(co);
+                inc.assigned_eta_s = eta;
+                inc.co_offer = other.map(|o| (o, 0.0));
+            }
             Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Accepted)?;
+            if let Some((other, _)) = inc.co_offer.take() {
+                self.free(&other, inc.id);
+                events.push(event(
+                    EventKind::OfferWithdrawn,
+                    inc,
+                    now,
+                    Some(&other),
+                    "another caregiver accepted first",
+                ));
+            }
             inc.state = IncidentState::Accepted;
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
@@ -629,11 +720,33 @@ impl Dispatcher {
         })
     }
 
-    /// The caregiver declines; the incident goes to the next nearest.
+    /// The caregiver declines. With a second live offer the other caregiver
+    /// keeps it; otherwise the incident goes to the next nearest.
     pub fn decline(&self, id: IncidentId, cg: &CaregiverId, note: &str) -> Result<Incident> {
         self.update(id, |inc, now, events| {
+            if inc.state == IncidentState::Offered {
+                if let Some((co, eta)) = inc.co_offer.take() {
+                    if co == *cg || inc.assigned.as_ref() == Some(cg) {
+                        let keep = if co == *cg {
+                            inc.assigned.take().map(|a| (a, inc.assigned_eta_s))
+                        } else {
+                            Some((co, eta))
+                        };
+                        self.free(cg, inc.id);
+                        if let Some((k, e)) = keep {
+                            inc.assigned = Some(k);
+                            inc.assigned_eta_s = e;
+                        }
+                        inc.declined_by.push(cg.clone());
+                        inc.updated_ms = now;
+                        events.push(event(EventKind::Declined, inc, now, Some(cg), note));
+                        return Ok(());
+                    }
+                    inc.co_offer = Some((co, eta));
+                }
+            }
             Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Pending)?;
-            self.release_holder(inc);
+            self.release_holder(inc, now, events, "declined");
             inc.declined_by.push(cg.clone());
             inc.state = IncidentState::Pending;
             inc.updated_ms = now;
@@ -663,7 +776,7 @@ impl Dispatcher {
                 Self::check_holder(inc, cg)?;
             }
             Self::check(inc, IncidentState::Resolved)?;
-            let released = self.release_holder(inc);
+            let released = self.release_holder(inc, now, events, "resolved");
             inc.state = IncidentState::Resolved;
             inc.outcome = Some(outcome);
             inc.resolution_note = note.to_owned();
@@ -702,7 +815,7 @@ impl Dispatcher {
                 };
                 return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason });
             }
-            if let Some(prev) = self.release_holder(inc) {
+            if let Some(prev) = self.release_holder(inc, now, events, "reassigned by a dispatcher") {
                 events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&prev), "reassigned by a dispatcher"));
             }
             let (lat, lon) = slot.position();
@@ -719,7 +832,7 @@ impl Dispatcher {
     pub fn cancel(&self, id: IncidentId, reason: &str) -> Result<Incident> {
         self.update(id, |inc, now, events| {
             Self::check(inc, IncidentState::Cancelled)?;
-            let released = self.release_holder(inc);
+            let released = self.release_holder(inc, now, events, "cancelled");
             inc.state = IncidentState::Cancelled;
             inc.resolution_note = reason.to_owned();
             inc.closed_ms = Some(now);
@@ -751,14 +864,21 @@ impl Dispatcher {
                 // Due again under the lock: an action may have come in between.
                 match self.timer_due(inc, now) {
                     Some(Timer::OfferExpired) => {
-                        if let Some(cg) = self.release_holder(inc) {
+                        let mut silent: Vec<CaregiverId> = inc.co_offer.take().map(|(c, _)| c).into_iter().collect();
+                        silent.extend(inc.assigned.take());
+                        for cg in &silent {
+                            self.free(cg, inc.id);
                             inc.declined_by.push(cg.clone());
-                            inc.state = IncidentState::Pending;
-                            inc.updated_ms = now;
-                            events.push(event(EventKind::OfferExpired, inc, now, Some(&cg), "no answer in time"));
+                        }
+                        inc.offer_deadline_ms = None;
+                        inc.state = IncidentState::Pending;
+                        inc.updated_ms = now;
+                        for cg in &silent {
+                            events.push(event(EventKind::OfferExpired, inc, now, Some(cg), "no answer in time"));
                         }
                         self.dispatch(inc, now, events);
                     }
+                    Some(Timer::Handoff) => self.hand_off(inc, now, events),
                     Some(Timer::ArrivalOverdue) => {
                         inc.arrival_overdue = true;
                         inc.updated_ms = now;
@@ -786,6 +906,14 @@ impl Dispatcher {
                 inc.accepted_ms.map(|a| a + allowed)
             }
             IncidentState::Pending => Some(inc.updated_ms),
+            IncidentState::Escalated if inc.escalation != Some(EscalationReason::EmergencyServices) => {
+                let after = match inc.severity {
+                    Severity::Critical => self.config.handoff_critical_ms,
+                    Severity::Urgent => self.config.handoff_urgent_ms,
+                    Severity::Routine => return None,
+                };
+                inc.escalated_ms.map(|e| e + after)
+            }
             _ => None,
         }
     }
@@ -799,6 +927,7 @@ impl Dispatcher {
             IncidentState::Offered => Some(Timer::OfferExpired),
             IncidentState::Accepted => Some(Timer::ArrivalOverdue),
             IncidentState::Pending => Some(Timer::Dispatch),
+            IncidentState::Escalated => Some(Timer::Handoff),
             _ => None,
         }
     }
@@ -879,9 +1008,11 @@ impl Dispatcher {
         for inc in incidents {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
             if inc.state.is_open() {
-                if let Some(slot) = inc.assigned.as_ref().and_then(|c| self.roster.get(c).map(|s| s.clone())) {
-                    if inc.state.holds_caregiver() {
-                        slot.restore_claim(inc.id);
+                if inc.state.holds_caregiver() {
+                    for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
+                        if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
+                            slot.restore_claim(inc.id);
+                        }
                     }
                 }
                 self.open.insert(inc.id, ());

@@ -34,6 +34,9 @@ pub struct Incident {
     /// The caregiver holding the incident (offered, accepted or on scene).
     pub assigned: Option<CaregiverId>,
     pub declined_by: Vec<CaregiverId>,
+    /// A second live offer and its ETA: critical alarms are offered to the two
+    /// nearest at once, and the first to accept takes the incident.
+    pub co_offer: Option<(CaregiverId, f64)>,
     pub dispatch_attempts: u32,
     pub assigned_eta_s: f64,
     pub occurred_ms: i64,
@@ -50,6 +53,8 @@ pub struct Incident {
     pub resolution_note: String,
     pub escalation: Option<EscalationReason>,
     pub escalation_note: String,
+    /// When the incident was escalated (the ladder's clock).
+    pub escalated_ms: Option<i64>,
     pub repeat_count: u32,
     pub last_alarm_ms: i64,
     pub arrival_overdue: bool,
@@ -71,6 +76,7 @@ impl Incident {
             detail: alarm.detail,
             assigned: None,
             declined_by: Vec::new(),
+            co_offer: None,
             dispatch_attempts: 0,
             assigned_eta_s: 0.0,
             occurred_ms: alarm.occurred_ms,
@@ -85,6 +91,7 @@ impl Incident {
             resolution_note: String::new(),
             escalation: None,
             escalation_note: String::new(),
+            escalated_ms: None,
             repeat_count: 0,
             last_alarm_ms: now_ms,
             arrival_overdue: false,

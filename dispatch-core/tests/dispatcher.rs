@@ -68,7 +68,7 @@ fn alarm(key: &str, kind: AlarmKind, lat: f64, lon: f64) -> Alarm {
 #[test]
 fn raise_accept_arrive_resolve_frees_the_caregiver() {
     let r = rig(&[("near", 43.880, 125.370), ("far", 43.900, 125.400)]);
-    let out = r.d.raise(alarm("a1", AlarmKind::Fall, 43.881, 125.371)).unwrap();
+    let out = r.d.raise(alarm("a1", AlarmKind::Inactivity, 43.881, 125.371)).unwrap();
     let inc = out.incident;
     assert_eq!(inc.state, IncidentState::Offered);
     assert_eq!(inc.assigned, Some(cg("near")));
@@ -140,7 +140,7 @@ fn duplicate_key_returns_the_original_and_repeats_merge() {
 #[test]
 fn offer_timeout_moves_on_and_arrival_overdue_is_flagged() {
     let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
-    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    let inc = r.d.raise(alarm("k", AlarmKind::Wandering, 43.880, 125.370)).unwrap().incident;
     r.clock.advance(59_000);
     r.d.tick();
     assert_eq!(r.d.incident(inc.id).unwrap().assigned, Some(cg("a")));
@@ -166,13 +166,104 @@ fn a_failed_journal_write_changes_nothing_and_the_key_can_be_retried() {
     r.journal.fail.store(true, Ordering::SeqCst);
     assert!(matches!(r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)), Err(DispatchError::Journal(_))));
     assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available, "claim undone");
+    assert_eq!(r.d.caregiver(&cg("b")).unwrap().status, CaregiverStatus::Available, "second offer's claim undone");
     r.journal.fail.store(false, Ordering::SeqCst);
-    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)).unwrap();
+    let inc = r.d.raise(alarm("k", AlarmKind::AbnormalVitals, 43.88, 125.37)).unwrap();
     assert!(!inc.duplicate);
     r.journal.fail.store(true, Ordering::SeqCst);
     assert!(r.d.decline(inc.incident.id, &cg("a"), "").is_err());
     assert_eq!(r.d.caregiver(&cg("a")).unwrap().active_incident, Some(inc.incident.id), "a still holds it");
     assert_eq!(r.d.caregiver(&cg("b")).unwrap().status, CaregiverStatus::Available, "b's claim undone");
+}
+
+#[test]
+fn critical_alarms_go_to_the_two_nearest_and_the_first_accept_wins() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.881, 125.371), ("c", 43.95, 125.45)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("a")));
+    assert_eq!(inc.co_offer.as_ref().map(|c| c.0.clone()), Some(cg("b")));
+    for who in ["a", "b"] {
+        assert_eq!(r.d.caregiver(&cg(who)).unwrap().active_incident, Some(inc.id));
+    }
+    assert!(r.d.accept(inc.id, &cg("c")).is_err(), "c holds no offer");
+    // b answers first: b takes it, a's offer is withdrawn and a is free again.
+    let won = r.d.accept(inc.id, &cg("b")).unwrap();
+    assert_eq!((won.state, won.assigned.clone(), won.co_offer.clone()), (IncidentState::Accepted, Some(cg("b")), None));
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available);
+    assert!(r.d.accept(inc.id, &cg("a")).is_err(), "too late");
+    let withdrawn: Vec<_> = r
+        .journal
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EventKind::OfferWithdrawn)
+        .map(|e| e.caregiver.clone())
+        .collect();
+    assert_eq!(withdrawn, vec![Some(cg("a"))]);
+
+    // A decline by one of two leaves the other's offer standing; both silent: both move on.
+    let inc = r.d.raise(alarm("k2", AlarmKind::Smoke, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((inc.assigned.clone(), inc.co_offer.as_ref().map(|c| c.0.clone())), (Some(cg("a")), Some(cg("c"))));
+    let after = r.d.decline(inc.id, &cg("a"), "busy").unwrap();
+    assert_eq!(
+        (after.state, after.assigned.clone(), after.co_offer.clone()),
+        (IncidentState::Offered, Some(cg("c")), None)
+    );
+    r.clock.advance(61_000);
+    r.d.tick();
+    let moved = r.d.incident(inc.id).unwrap();
+    assert_eq!(moved.declined_by, vec![cg("a"), cg("c")]);
+    assert_eq!(moved.state, IncidentState::Escalated, "b is busy with the first incident");
+}
+
+#[test]
+fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
+    // 'far' is 45 km away: beyond the usual 30 km, within the wide 60 km.
+    let r = rig(&[("far", 44.285, 125.370)]);
+    let inc = r.d.raise(alarm("w", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("far")));
+    let offered = r.journal.events.lock().unwrap().iter().find(|e| e.kind == EventKind::Offered).cloned().unwrap();
+    assert!(offered.note.contains("widened"), "{}", offered.note);
+    // Nobody left: escalated to the supervisor queue, then 120 after the critical hand-off time.
+    let fall = r.d.raise(alarm("f", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    let smoke = r.d.raise(alarm("s", AlarmKind::Smoke, 43.880, 125.370)).unwrap().incident;
+    let battery = r.d.raise(alarm("b", AlarmKind::LowBattery, 43.880, 125.370)).unwrap().incident;
+    for i in [&fall, &smoke, &battery] {
+        assert_eq!(i.state, IncidentState::Escalated);
+        assert!(i.escalation_note.contains("supervisor queue"), "{}", i.escalation_note);
+    }
+    r.clock.advance(r.d.config().handoff_critical_ms - 1);
+    r.d.tick();
+    assert_eq!(r.d.incident(fall.id).unwrap().escalation, Some(EscalationReason::NoCaregiverAvailable));
+    r.clock.advance(1);
+    r.d.tick();
+    let fall = r.d.incident(fall.id).unwrap();
+    assert_eq!(fall.escalation, Some(EscalationReason::EmergencyServices));
+    assert!(fall.escalation_note.starts_with("hand-off to 120"), "{}", fall.escalation_note);
+    let smoke = r.d.incident(smoke.id).unwrap();
+    assert!(smoke.escalation_note.starts_with("hand-off to 119"), "{}", smoke.escalation_note);
+    // Routine alarms stay with the supervisor; nothing is handed off twice.
+    r.clock.advance(24 * 3_600_000);
+    r.d.tick();
+    assert_eq!(r.d.incident(battery.id).unwrap().escalation, Some(EscalationReason::NoCaregiverAvailable));
+    // The urgent 'w' offer expired unanswered, was escalated and, after its own time, handed off too.
+    let mut handed: Vec<IncidentId> = r
+        .journal
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.note.starts_with("hand-off"))
+        .map(|e| e.incident.id)
+        .collect();
+    handed.sort();
+    assert_eq!(handed, vec![inc.id, fall.id, smoke.id]);
+    // A dispatcher still closes it.
+    assert_eq!(
+        r.d.resolve(fall.id, None, Outcome::HospitalTransfer, "120 took her").unwrap().state,
+        IncidentState::Resolved
+    );
 }
 
 #[test]

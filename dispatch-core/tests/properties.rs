@@ -49,6 +49,8 @@ fn raises() -> impl Strategy<Value = Vec<Raise>> {
 const KINDS: [AlarmKind; 3] = [AlarmKind::SosButton, AlarmKind::Inactivity, AlarmKind::LowBattery];
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
     /// Intake: a known key returns its original incident (whatever the new
     /// content); a new key from a device with an open incident of the same
     /// kind, last alarmed within the merge window, merges into it; anything

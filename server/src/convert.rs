@@ -218,7 +218,7 @@ impl From<&core::Incident> for IncidentPb {
             repeat_count: i.repeat_count,
             updated_unix_ms: i.updated_ms,
             offered_to: if i.state == core::IncidentState::Offered {
-                i.assigned.iter().map(|c| c.to_string()).collect()
+                i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).map(|c| c.to_string()).collect()
             } else {
                 Vec::new()
             },
@@ -228,6 +228,8 @@ impl From<&core::Incident> for IncidentPb {
             offer_deadline_unix_ms: opt_ms(i.offer_deadline_ms),
             last_alarm_unix_ms: i.last_alarm_ms,
             arrival_overdue: i.arrival_overdue,
+            escalated_unix_ms: opt_ms(i.escalated_ms),
+            co_offer_eta_s: i.co_offer.as_ref().map(|c| c.1).unwrap_or(0.0),
         })
     }
 }
@@ -263,6 +265,10 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         detail: p.detail.clone(),
         assigned: if p.assigned_caregiver_id.is_empty() { None } else { Some(cid(&p.assigned_caregiver_id)?) },
         declined_by: p.declined_by.iter().map(|s| cid(s)).collect::<ApiResult<_>>()?,
+        co_offer: match p.offered_to.get(1) {
+            Some(c) if state == core::IncidentState::Offered => Some((cid(c)?, p.co_offer_eta_s)),
+            _ => None,
+        },
         dispatch_attempts: p.dispatch_attempts,
         assigned_eta_s: p.assigned_eta_s,
         occurred_ms: p.occurred_unix_ms,
@@ -277,6 +283,7 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         resolution_note: p.resolution_note.clone(),
         escalation: pb::EscalationReason::try_from(p.escalation_reason).ok().and_then(core_escalation),
         escalation_note: p.escalation_note.clone(),
+        escalated_ms: ms_opt(p.escalated_unix_ms),
         repeat_count: p.repeat_count,
         last_alarm_ms: p.last_alarm_unix_ms,
         arrival_overdue: p.arrival_overdue,
@@ -421,9 +428,33 @@ mod tests {
             std::sync::Arc::new(core::NoSink),
             std::sync::Arc::new(core::ManualClock::new(1000)),
         );
-        let inc = d.raise(alarm).unwrap().incident;
-        let back = incident_from_pb(&incident_pb(&inc)).unwrap();
-        assert_eq!(back, inc);
+        let escalated = d.raise(alarm.clone()).unwrap().incident;
+        assert!(escalated.escalated_ms.is_some());
+        // A critical alarm with two caregivers free holds two live offers.
+        for (id, lat) in [("C1", 43.9), ("C2", 43.91)] {
+            let cg = core::CaregiverId::parse("id", id).unwrap();
+            let home = core::GeoPoint::new("home", lat, 125.4).unwrap();
+            d.upsert_caregiver(core::CaregiverProfile {
+                id: cg.clone(),
+                skills: vec![],
+                home,
+                mode: core::TravelMode::Bike,
+            });
+            d.set_status(&cg, core::CaregiverStatus::Available, None).unwrap();
+        }
+        let dual = d
+            .raise(core::Alarm {
+                key: core::IdempotencyKey::parse("k", "key-2").unwrap(),
+                kind: core::AlarmKind::Fall,
+                ..alarm
+            })
+            .unwrap()
+            .incident;
+        assert!(dual.co_offer.is_some());
+        for inc in [escalated, dual] {
+            let back = incident_from_pb(&incident_pb(&inc)).unwrap();
+            assert_eq!(back, inc);
+        }
     }
 
     #[test]

@@ -128,12 +128,14 @@ async fn raise_assign_accept_arrive_resolve() {
         .unwrap()
         .into_inner();
 
-    let r = c.alarms.raise_alarm(alarm("k1", "E1", pb::AlarmKind::Fall)).await.unwrap().into_inner();
+    // An urgent alarm goes to the nearest caregiver alone (critical ones to the two nearest).
+    let r = c.alarms.raise_alarm(alarm("k1", "E1", pb::AlarmKind::Inactivity)).await.unwrap().into_inner();
     let inc = r.incident.unwrap();
     assert!(!r.duplicate);
     assert_eq!(inc.state, pb::IncidentState::Offered as i32);
     assert_eq!(inc.assigned_caregiver_id, "near");
-    assert_eq!(inc.severity, pb::Severity::Critical as i32);
+    assert_eq!(inc.offered_to, vec!["near".to_string()]);
+    assert_eq!(inc.severity, pb::Severity::Urgent as i32);
     assert!(inc.assigned_eta_s > 0.0);
 
     let offer = next(&mut feed).await;
@@ -274,8 +276,8 @@ async fn duplicate_key_returns_the_original_incident() {
     let (server, mut c) = boot(dir.path()).await;
     district(&mut c).await;
     elder(&mut c, "E2", 43.8655, 125.3865).await;
-    let first = c.alarms.raise_alarm(alarm("dup", "E1", pb::AlarmKind::Fall)).await.unwrap().into_inner();
-    let again = c.alarms.raise_alarm(alarm("dup", "E1", pb::AlarmKind::Fall)).await.unwrap().into_inner();
+    let first = c.alarms.raise_alarm(alarm("dup", "E1", pb::AlarmKind::Wandering)).await.unwrap().into_inner();
+    let again = c.alarms.raise_alarm(alarm("dup", "E1", pb::AlarmKind::Wandering)).await.unwrap().into_inner();
     assert!(again.duplicate);
     assert_eq!(again.incident.unwrap().id, first.incident.as_ref().unwrap().id);
     let far = c.registry.get_caregiver(pb::GetByIdRequest { id: "far".into() }).await.unwrap().into_inner();
@@ -285,7 +287,7 @@ async fn duplicate_key_returns_the_original_incident() {
     assert!(err.message().contains("idempotency_key"), "{}", err.message());
     // The stream API acknowledges each alarm, errors included, and goes on.
     let reqs = vec![
-        pb::RaiseAlarmRequest { sequence: 1, ..alarm("dup", "E1", pb::AlarmKind::Fall) },
+        pb::RaiseAlarmRequest { sequence: 1, ..alarm("dup", "E1", pb::AlarmKind::Wandering) },
         pb::RaiseAlarmRequest { sequence: 2, ..alarm("s2", "nobody", pb::AlarmKind::Fall) },
         pb::RaiseAlarmRequest { sequence: 3, ..alarm("s3", "E2", pb::AlarmKind::Gas) },
     ];
@@ -513,7 +515,8 @@ async fn offer_timeout_redispatches_without_anyone_acting() {
     };
     district(&mut c).await;
     let mut console = c.dispatch.watch_incidents(pb::WatchIncidentsRequest::default()).await.unwrap().into_inner();
-    let inc = c.alarms.raise_alarm(alarm("t", "E1", pb::AlarmKind::Fall)).await.unwrap().into_inner().incident.unwrap();
+    let inc =
+        c.alarms.raise_alarm(alarm("t", "E1", pb::AlarmKind::Wandering)).await.unwrap().into_inner().incident.unwrap();
     assert_eq!(inc.assigned_caregiver_id, "near");
     let mut kinds = Vec::new();
     while kinds.last() != Some(&(pb::IncidentEventKind::Escalated as i32)) {
