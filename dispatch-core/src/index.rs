@@ -24,7 +24,7 @@
 
 use std::f64::consts::PI;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam::epoch::{self, Atomic, Guard, Owned, Shared};
@@ -39,6 +39,15 @@ const R_M: f64 = EARTH_RADIUS_KM * 1000.0;
 const CELLS_PER_DEG: f64 = 400.0;
 const TORUS_BITS: u32 = 8;
 const TORUS: usize = 1 << TORUS_BITS;
+/// Blocks of 16 x 16 buckets keep occupancy counts, so rings through empty
+/// country skip cells without loading them, and a wide search reads only
+/// occupied blocks.
+const BLOCK_BITS: u32 = 4;
+const BLOCKS: usize = 1 << (2 * (TORUS_BITS - BLOCK_BITS));
+/// A search still short of `k` after this many rings of one mode reads that
+/// mode's occupied blocks whole instead (the city is sparse there, or the
+/// filter rejects most caregivers).
+const FULL_SCAN_RING: i32 = 16;
 /// Modes in the order a query prefers them on equal bounds (fastest first).
 const MODES: [TravelMode; 3] = [TravelMode::Car, TravelMode::Bike, TravelMode::Walk];
 /// One degree of arc in metres: the lower bound for any point more than a
@@ -177,6 +186,8 @@ struct Cells {
     rows: i32,
     cols: i32,
     buckets: Box<[Bucket]>,
+    /// Entries per block and mode.
+    occupied: Box<[[AtomicU32; 3]]>,
     writers: Box<[Mutex<()>]>,
     /// Entries per mode.
     len: [AtomicUsize; 3],
@@ -188,6 +199,7 @@ impl Cells {
             rows: (180.0 * CELLS_PER_DEG) as i32,
             cols: (360.0 * CELLS_PER_DEG) as i32,
             buckets: (0..TORUS * TORUS).map(|_| Bucket::default()).collect(),
+            occupied: (0..BLOCKS).map(|_| Default::default()).collect(),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
             len: Default::default(),
         }
@@ -206,6 +218,16 @@ impl Cells {
         (row as usize & mask) << TORUS_BITS | (col as usize & mask)
     }
 
+    /// The occupancy block of a bucket.
+    fn block(bucket: usize) -> usize {
+        let side = TORUS_BITS - BLOCK_BITS;
+        (bucket >> TORUS_BITS >> BLOCK_BITS) << side | (bucket & (TORUS - 1)) >> BLOCK_BITS
+    }
+
+    fn occupied(&self, m: usize, row: i32, col: i32) -> bool {
+        self.occupied[Self::block(self.bucket(row, col))][m].load(Ordering::Acquire) > 0
+    }
+
     /// Replaces the entries of mode `m` in cell (row, col) by an edited copy.
     fn edit(&self, m: usize, row: i32, col: i32, f: impl FnOnce(&mut Vec<Entry>)) {
         let b = self.bucket(row, col);
@@ -215,8 +237,18 @@ impl Cells {
         let cur = atomic.load(Ordering::Acquire, &guard);
         // SAFETY: loaded under `guard`; blocks are destroyed only after unlinking.
         let mut v = unsafe { view(cur) }.to_vec();
+        let before = v.len() as u32;
         f(&mut v);
+        let after = v.len() as u32;
+        // The block counts an entry before it is published and after it is gone.
+        let occupied = &self.occupied[Self::block(b)][m];
+        if after > before {
+            occupied.fetch_add(after - before, Ordering::Release);
+        }
         let old = atomic.swap(publish(v, &guard), Ordering::AcqRel, &guard);
+        if after < before {
+            occupied.fetch_sub(before - after, Ordering::Release);
+        }
         if !old.is_null() {
             // SAFETY: `old` is unlinked (we hold the writer stripe, so nobody
             // else swapped it); readers pinned before the swap keep it alive.
@@ -226,9 +258,23 @@ impl Cells {
 
     /// Entries of mode `m` in the bucket of cell (row, col), valid while `guard` is held.
     fn entries<'g>(&self, m: usize, row: i32, col: i32, guard: &'g Guard) -> &'g [Entry] {
-        let p = self.buckets[self.bucket(row, col)].0[m].load(Ordering::Acquire, guard);
+        self.entries_at(m, self.bucket(row, col), guard)
+    }
+
+    fn entries_at<'g>(&self, m: usize, bucket: usize, guard: &'g Guard) -> &'g [Entry] {
+        let p = self.buckets[bucket].0[m].load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`; blocks are destroyed only after unlinking.
         unsafe { view(p) }
+    }
+
+    /// Every bucket of mode `m` in an occupied block.
+    fn occupied_buckets(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+        let side = TORUS_BITS - BLOCK_BITS;
+        let block_side = 1usize << BLOCK_BITS;
+        (0..BLOCKS).filter(move |b| self.occupied[*b][m].load(Ordering::Acquire) > 0).flat_map(move |b| {
+            let (r0, c0) = ((b >> side) << BLOCK_BITS, (b & ((1 << side) - 1)) << BLOCK_BITS);
+            (0..block_side * block_side).map(move |i| (r0 + i / block_side) << TORUS_BITS | (c0 + i % block_side))
+        })
     }
 }
 
@@ -286,8 +332,9 @@ impl GridIndex {
                 })
             }
             from => {
-                // Add before removing: a concurrent query may see the
-                // caregiver twice (and keeps one), never not at all.
+                // Add, then remove: a query overlapping the move may see the
+                // caregiver at either position, at both (it keeps one), or,
+                // reading the new cell before and the old one after, at neither.
                 cells.len[mode].fetch_add(1, Ordering::Relaxed);
                 cells.edit(mode, row, col, |v| v.push(entry));
                 if let Some(from) = from {
@@ -341,12 +388,11 @@ impl GridIndex {
                 }
             }
             let Some(m) = pick else { break };
-            if 2 * ring[m] + 1 > TORUS as i32 {
-                // The next ring would wrap around the torus: read every bucket once.
-                for row in 0..TORUS as i32 {
-                    for col in 0..TORUS as i32 {
-                        s.collect(m, self.cells.entries(m, row, col, &guard));
-                    }
+            if ring[m] >= FULL_SCAN_RING || 2 * ring[m] + 1 > TORUS as i32 {
+                // Far out (and before the rings wrap around the torus): read
+                // every occupied bucket of the mode once.
+                for b in self.cells.occupied_buckets(m) {
+                    s.collect(m, self.cells.entries_at(m, b, &guard));
                 }
                 s.settle(m);
                 live[m] = false;
@@ -464,7 +510,8 @@ impl<'q, 'g> Search<'q, 'g> {
     fn scan_ring(&mut self, cells: &Cells, m: usize, r: i32, guard: &'g Guard) {
         let rows = cells.rows;
         let visit = |s: &mut Self, row: i32, col: i32| {
-            if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] {
+            if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] && cells.occupied(m, row, col)
+            {
                 s.collect(m, cells.entries(m, row, col, guard));
             }
         };
