@@ -14,6 +14,11 @@ pub fn random_point(rng: &mut StdRng) -> GeoPoint {
     GeoPoint::new("p", rng.random_range(la0..la1), rng.random_range(lo0..lo1)).unwrap_or_else(|_| unreachable!())
 }
 
+/// The id of the `i`-th caregiver of [`city`].
+pub fn caregiver_id(i: usize) -> CaregiverId {
+    CaregiverId::parse("id", &format!("C{i}")).unwrap_or_else(|_| unreachable!())
+}
+
 /// A dispatcher with `n` caregivers on duty, `busy` of them (a fraction) busy.
 pub fn city(n: usize, busy: f64, seed: u64) -> Arc<Dispatcher> {
     let d = Arc::new(Dispatcher::new(
@@ -25,7 +30,7 @@ pub fn city(n: usize, busy: f64, seed: u64) -> Arc<Dispatcher> {
     let mut rng = StdRng::seed_from_u64(seed);
     let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
     for i in 0..n {
-        let id = CaregiverId::parse("id", &format!("C{i}")).unwrap_or_else(|_| unreachable!());
+        let id = caregiver_id(i);
         let home = random_point(&mut rng);
         d.upsert_caregiver(CaregiverProfile { id: id.clone(), skills: vec![], home, mode: modes[i % 3] });
         let status = if rng.random_bool(busy) { CaregiverStatus::OnVisit } else { CaregiverStatus::Available };

@@ -295,12 +295,14 @@ impl Dispatcher {
         let mask = self.skills.intern(&profile.skills);
         if let Some(slot) = self.roster.get(&profile.id).map(|s| s.clone()) {
             slot.set_profile(profile, mask);
+            self.index.upsert(&slot); // the travel mode may have changed
             return false;
         }
         let slot = Arc::new(CaregiverSlot::new(profile.clone(), mask));
         match self.roster.entry(profile.id.clone()) {
             Entry::Occupied(e) => {
                 e.get().set_profile(profile, mask);
+                self.index.upsert(e.get());
                 false
             }
             Entry::Vacant(v) => {

@@ -1,31 +1,77 @@
-//! Geospatial index of caregivers: a uniform lat/lon grid of about 1 km cells,
-//! each cell a small vector of slots behind its own shard lock (dashmap). A
-//! location update moves a slot between two cells; queries run concurrently
-//! with updates and never wait for a rebuild.
+//! Geospatial index of caregivers: one uniform lat/lon grid per travel mode,
+//! each cell an immutable vector of entries (position as a unit vector, the
+//! slot) published through an epoch-managed pointer. Knows nothing of
+//! incidents; reads a slot's status, skills and id only for candidates that
+//! already beat the current k-th travel time.
 //!
-//! Queries scan rings of cells outward from the query point and stop as soon
-//! as the nearest unscanned ring cannot beat the k-th best travel time found.
+//! Readers never lock: a query pins the epoch once and loads cell pointers.
+//! A location update copies the one or two cells it touches, swaps them in
+//! under a per-cell writer lock and retires the old copies, so updates run
+//! concurrently with queries and there is no rebuild.
+//!
+//! A query visits the (mode, ring) pairs best-first by the lower bound of
+//! their travel time: rings of slow modes stop early (a walker 300 m away
+//! cannot beat a car 1 km away). Within a ring, cells whose rectangle cannot
+//! hold anything better are skipped before they are loaded. Distances are
+//! compared as chords of the unit sphere (no trigonometry per entry); the
+//! survivors get the exact haversine of [`GeoPoint::distance_m`].
+//!
+//! The cells of a grid live on a torus of `TORUS` x `TORUS` buckets: cell
+//! (row, col) goes to bucket (row mod TORUS, col mod TORUS). A city smaller
+//! than the torus (about 70 x 50 km at 44°N) maps one cell to one bucket;
+//! a larger area shares buckets between far-apart cells, which costs time
+//! (their entries fail the distance test) but never correctness.
 
-use std::sync::atomic::Ordering;
+use std::f64::consts::PI;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use dashmap::DashMap;
+use crossbeam::epoch::{self, Atomic, Guard, Owned, Shared};
+use parking_lot::Mutex;
 
-use crate::geo::{GeoPoint, TravelModel, EARTH_RADIUS_KM};
+use crate::geo::{GeoPoint, TravelMode, TravelModel, EARTH_RADIUS_KM};
 use crate::roster::{SlotRef, SHARED_BIT};
 use crate::types::{CaregiverId, CaregiverStatus};
 
-/// Cell edge in degrees (about 1.1 km of latitude, 0.8 km of longitude at 44°N).
-const CELL_DEG: f64 = 0.01;
-const METRES_PER_DEG: f64 = EARTH_RADIUS_KM * 1000.0 * std::f64::consts::PI / 180.0;
+const R_M: f64 = EARTH_RADIUS_KM * 1000.0;
+/// Cells per degree of latitude and of longitude (0.0025°: about 280 m x 200 m at 44°N).
+const CELLS_PER_DEG: f64 = 400.0;
+const TORUS_BITS: u32 = 8;
+const TORUS: usize = 1 << TORUS_BITS;
+/// Blocks of 16 x 16 buckets keep occupancy counts, so rings through empty
+/// country skip cells without loading them, and a wide search reads only
+/// occupied blocks.
+const BLOCK_BITS: u32 = 4;
+const BLOCKS: usize = 1 << (2 * (TORUS_BITS - BLOCK_BITS));
+/// A search still short of `k` after this many rings of one mode reads that
+/// mode's occupied blocks whole instead (the city is sparse there, or the
+/// filter rejects most caregivers).
+const FULL_SCAN_RING: i32 = 16;
+/// Modes in the order a query prefers them on equal bounds (fastest first).
+const MODES: [TravelMode; 3] = [TravelMode::Car, TravelMode::Bike, TravelMode::Walk];
+/// One degree of arc in metres: the lower bound for any point more than a
+/// degree of latitude away, which lets the longitude bound use one cosine.
+const ONE_DEG_M: f64 = R_M * PI / 180.0;
+/// Slack, metres, against rounding in cell assignment and bounds.
+const SLACK_M: f64 = 1e-3;
 
-type CellKey = (i32, i32);
-
-fn cell_of(lat: f64, lon: f64) -> CellKey {
-    ((lat / CELL_DEG).floor() as i32, (lon / CELL_DEG).floor() as i32)
+fn mode_index(m: TravelMode) -> usize {
+    match m {
+        TravelMode::Car => 0,
+        TravelMode::Bike => 1,
+        TravelMode::Walk => 2,
+    }
 }
 
-fn pack_cell(c: CellKey) -> u64 {
-    (c.0 as u32 as u64) << 32 | c.1 as u32 as u64
+/// Where the index has filed a slot: its mode's grid, its cell and the
+/// position it was filed at (the packed `f32` pair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Filing {
+    mode: usize,
+    row: i32,
+    col: i32,
+    pos: u64,
 }
 
 /// What a candidate must satisfy.
@@ -49,90 +95,319 @@ pub struct Candidate {
     pub distance_m: f64,
 }
 
-#[derive(Debug, Default)]
+/// One caregiver as filed in a cell: the position it was filed at as a unit
+/// vector, so the distance test is a squared chord.
+#[derive(Debug, Clone)]
+struct Entry {
+    xyz: [f64; 3],
+    slot: SlotRef,
+}
+
+fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
+    let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
+    let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
+    [cos_lat * cos_lon, cos_lat * sin_lon, sin_lat]
+}
+
+fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    let (x, y, z) = (a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+    x * x + y * y + z * z
+}
+
+/// An upper bound of the squared chord of a great-circle distance (the chord
+/// is `2 sin(d / 2R) <= d / R`), so a point at exactly `distance_m` passes.
+fn chord2_limit(distance_m: f64) -> f64 {
+    let c = distance_m.max(0.0) / R_M;
+    c * c * (1.0 + 1e-9) + 1e-24
+}
+
+/// Great-circle distance, metres, of a squared chord: the haversine distance
+/// of [`GeoPoint::distance_m`] (they agree to about 1e-9 m), without the trigonometry
+/// of both endpoints.
+fn chord2_to_m(c2: f64) -> f64 {
+    2.0 * R_M * (c2.sqrt() / 2.0).min(1.0).asin()
+}
+
+fn pack(lat: f64, lon: f64) -> u64 {
+    ((lat as f32).to_bits() as u64) << 32 | (lon as f32).to_bits() as u64
+}
+
+/// The entries of one cell of one mode: a length and the entries in one
+/// allocation, never changed once published (writers publish a new block).
+/// Every element is initialised.
+type Block = [MaybeUninit<Entry>];
+
+/// The entries of one cell, a block per mode side by side, so a query's
+/// first look at its home cell is one cache line for all modes.
+#[derive(Default)]
+struct Bucket([Atomic<Block>; 3]);
+
+/// Writer locks, striped over the buckets: a writer holds its bucket's stripe
+/// while it copies and swaps a block, so two writers never race on a cell.
+const WRITER_STRIPES: usize = 1024;
+
+fn publish<'g>(entries: Vec<Entry>, guard: &'g Guard) -> Shared<'g, Block> {
+    if entries.is_empty() {
+        return Shared::null();
+    }
+    let mut block = Owned::<Block>::init(entries.len());
+    for (dst, e) in block.iter_mut().zip(entries) {
+        dst.write(e);
+    }
+    block.into_shared(guard)
+}
+
+/// Drops the entries of a block and frees it.
+///
+/// # Safety
+/// `block` must come from [`publish`], be unlinked, and no reader may hold it.
+unsafe fn destroy(block: Shared<'_, Block>) {
+    let mut owned = block.into_owned();
+    for e in owned.iter_mut() {
+        e.assume_init_drop();
+    }
+}
+
+/// The entries of a published block.
+///
+/// # Safety
+/// `block` must be null or come from [`publish`] and still be protected by a guard.
+unsafe fn view<'g>(block: Shared<'g, Block>) -> &'g [Entry] {
+    match block.as_ref() {
+        // `publish` initialised every element; MaybeUninit<T> has T's layout.
+        Some(b) => &*(b as *const Block as *const [Entry]),
+        None => &[],
+    }
+}
+
+/// The cells of all modes: rows and columns of the whole globe, folded onto
+/// the torus of buckets.
+struct Cells {
+    rows: i32,
+    cols: i32,
+    buckets: Box<[Bucket]>,
+    /// Entries per block and mode.
+    occupied: Box<[[AtomicU32; 3]]>,
+    writers: Box<[Mutex<()>]>,
+    /// Entries per mode.
+    len: [AtomicUsize; 3],
+}
+
+impl Cells {
+    fn new() -> Self {
+        Cells {
+            rows: (180.0 * CELLS_PER_DEG) as i32,
+            cols: (360.0 * CELLS_PER_DEG) as i32,
+            buckets: (0..TORUS * TORUS).map(|_| Bucket::default()).collect(),
+            occupied: (0..BLOCKS).map(|_| Default::default()).collect(),
+            writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
+            len: Default::default(),
+        }
+    }
+
+    fn locate(&self, lat: f64, lon: f64) -> (i32, i32) {
+        let row = (((lat + 90.0) * CELLS_PER_DEG).floor() as i32).clamp(0, self.rows - 1);
+        let col = (((lon + 180.0) * CELLS_PER_DEG).floor() as i32).rem_euclid(self.cols);
+        (row, col)
+    }
+
+    /// The bucket index of cell (row, col); `col` may be unwrapped (beyond ±180°).
+    fn bucket(&self, row: i32, col: i32) -> usize {
+        let col = col.rem_euclid(self.cols);
+        let mask = TORUS - 1;
+        (row as usize & mask) << TORUS_BITS | (col as usize & mask)
+    }
+
+    /// The occupancy block of a bucket.
+    fn block(bucket: usize) -> usize {
+        let side = TORUS_BITS - BLOCK_BITS;
+        (bucket >> TORUS_BITS >> BLOCK_BITS) << side | (bucket & (TORUS - 1)) >> BLOCK_BITS
+    }
+
+    fn occupied(&self, m: usize, row: i32, col: i32) -> bool {
+        self.occupied[Self::block(self.bucket(row, col))][m].load(Ordering::Acquire) > 0
+    }
+
+    /// Replaces the entries of mode `m` in cell (row, col) by an edited copy.
+    fn edit(&self, m: usize, row: i32, col: i32, f: impl FnOnce(&mut Vec<Entry>)) {
+        let b = self.bucket(row, col);
+        let _writer = self.writers[b % WRITER_STRIPES].lock();
+        let atomic = &self.buckets[b].0[m];
+        let guard = epoch::pin();
+        let cur = atomic.load(Ordering::Acquire, &guard);
+        // SAFETY: loaded under `guard`; blocks are destroyed only after unlinking.
+        let mut v = unsafe { view(cur) }.to_vec();
+        let before = v.len() as u32;
+        f(&mut v);
+        let after = v.len() as u32;
+        // The block counts an entry before it is published and after it is gone.
+        let occupied = &self.occupied[Self::block(b)][m];
+        if after > before {
+            occupied.fetch_add(after - before, Ordering::Release);
+        }
+        let old = atomic.swap(publish(v, &guard), Ordering::AcqRel, &guard);
+        if after < before {
+            occupied.fetch_sub(before - after, Ordering::Release);
+        }
+        if !old.is_null() {
+            // SAFETY: `old` is unlinked (we hold the writer stripe, so nobody
+            // else swapped it); readers pinned before the swap keep it alive.
+            unsafe { guard.defer_unchecked(move || destroy(old)) };
+        }
+    }
+
+    /// Entries of mode `m` in the bucket of cell (row, col), valid while `guard` is held.
+    fn entries<'g>(&self, m: usize, row: i32, col: i32, guard: &'g Guard) -> &'g [Entry] {
+        self.entries_at(m, self.bucket(row, col), guard)
+    }
+
+    fn entries_at<'g>(&self, m: usize, bucket: usize, guard: &'g Guard) -> &'g [Entry] {
+        let p = self.buckets[bucket].0[m].load(Ordering::Acquire, guard);
+        // SAFETY: loaded under `guard`; blocks are destroyed only after unlinking.
+        unsafe { view(p) }
+    }
+
+    /// Every bucket of mode `m` in an occupied block.
+    fn occupied_buckets(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+        let side = TORUS_BITS - BLOCK_BITS;
+        let block_side = 1usize << BLOCK_BITS;
+        (0..BLOCKS).filter(move |b| self.occupied[*b][m].load(Ordering::Acquire) > 0).flat_map(move |b| {
+            let (r0, c0) = ((b >> side) << BLOCK_BITS, (b & ((1 << side) - 1)) << BLOCK_BITS);
+            (0..block_side * block_side).map(move |i| (r0 + i / block_side) << TORUS_BITS | (c0 + i % block_side))
+        })
+    }
+}
+
+impl Drop for Cells {
+    fn drop(&mut self) {
+        for atomic in self.buckets.iter().flat_map(|b| b.0.iter()) {
+            // SAFETY: `&mut self`: no reader or writer of these cells remains.
+            unsafe {
+                let p = atomic.swap(Shared::null(), Ordering::Relaxed, epoch::unprotected());
+                if !p.is_null() {
+                    destroy(p);
+                }
+            }
+        }
+    }
+}
+
+/// The caregivers by travel mode and position. See the module documentation.
 pub struct GridIndex {
-    cells: DashMap<CellKey, Vec<SlotRef>>,
+    cells: Cells,
+}
+
+impl Default for GridIndex {
+    fn default() -> Self {
+        GridIndex { cells: Cells::new() }
+    }
+}
+
+impl std::fmt::Debug for GridIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GridIndex").field("len", &self.len()).finish()
+    }
 }
 
 impl GridIndex {
-    /// Files `slot` under the cell of its current position, moving it if needed.
+    /// Files `slot` under its current position and travel mode, moving it if
+    /// needed. Call after every change of either. Upserts of one slot are
+    /// serialised by the slot's filing lock; of different slots, run in parallel.
     pub fn upsert(&self, slot: &SlotRef) {
+        let mut filed = slot.filed.lock();
         let (lat, lon) = slot.position();
-        let key = cell_of(lat, lon);
-        let packed = pack_cell(key);
-        let old = slot.cell.swap(packed, Ordering::AcqRel);
-        if old == packed {
+        let mode = mode_index(slot.mode());
+        let cells = &self.cells;
+        let (row, col) = cells.locate(lat, lon);
+        let to = Filing { mode, row, col, pos: pack(lat, lon) };
+        if *filed == Some(to) {
             return;
         }
-        if old != u64::MAX {
-            let old_key = ((old >> 32) as u32 as i32, old as u32 as i32);
-            if let Some(mut v) = self.cells.get_mut(&old_key) {
-                if let Some(i) = v.iter().position(|s| std::sync::Arc::ptr_eq(s, slot)) {
-                    v.swap_remove(i);
+        let entry = Entry { xyz: unit_vector(lat, lon), slot: slot.clone() };
+        match *filed {
+            Some(from) if (from.mode, from.row, from.col) == (mode, row, col) => {
+                cells.edit(mode, row, col, |v| match v.iter_mut().find(|e| Arc::ptr_eq(&e.slot, slot)) {
+                    Some(e) => *e = entry,
+                    None => debug_assert!(false, "{} missing from its cell", slot.id),
+                })
+            }
+            from => {
+                // Add, then remove: a query overlapping the move may see the
+                // caregiver at either position, at both (it keeps one), or,
+                // reading the new cell before and the old one after, at neither.
+                cells.len[mode].fetch_add(1, Ordering::Relaxed);
+                cells.edit(mode, row, col, |v| v.push(entry));
+                if let Some(from) = from {
+                    cells.edit(from.mode, from.row, from.col, |v| {
+                        match v.iter().position(|e| Arc::ptr_eq(&e.slot, slot)) {
+                            Some(i) => {
+                                v.swap_remove(i);
+                            }
+                            None => debug_assert!(false, "{} missing from its cell", slot.id),
+                        }
+                    });
+                    cells.len[from.mode].fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
-        self.cells.entry(key).or_default().push(slot.clone());
+        *filed = Some(to);
     }
 
-    /// Up to `k` free caregivers nearest to `at` by estimated travel time,
-    /// best first.
+    /// Up to `k` caregivers nearest to `at` by estimated travel time, best
+    /// first, among those the filter admits: `Available` (or `OnVisit` with
+    /// `allow_on_visit`), with the skill, not excluded, within the radius.
+    /// Exact for the positions and modes filed by the last upserts.
     pub fn nearest(&self, at: &GeoPoint, k: usize, filter: &MatchFilter<'_>, model: &TravelModel) -> Vec<Candidate> {
-        let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
-        if k == 0 {
-            return best;
+        let mut s = Search::new(at, k, filter, model);
+        if k == 0 || filter.max_radius_m.is_nan() || filter.max_radius_m < 0.0 {
+            return s.best;
         }
-        let (ci, cj) = cell_of(at.lat(), at.lon());
-        let max_speed = model.max_speed_mps();
-        // Smallest extent of a cell in metres around the query latitude.
-        let lat_extent = CELL_DEG * METRES_PER_DEG;
-        let cos_at = |lat: f64| lat.abs().min(89.9).to_radians().cos();
-        let mut ring: i32 = 0;
+        let guard = epoch::pin();
+        let mut ring = [0i32; 3];
+        let mut live = [true; 3];
+        for (m, len) in self.cells.len.iter().enumerate() {
+            live[m] = len.load(Ordering::Relaxed) > 0;
+        }
+        let mut lower_m = [0.0f64; 3];
+        s.warm(&self.cells, &live, &guard);
         loop {
-            // Every point in ring r is at least (r - 1) cell extents away.
-            let reach_lat = at.lat().abs() + (ring as f64 + 1.0) * CELL_DEG;
-            let min_extent = 0.99 * lat_extent.min(lat_extent * cos_at(reach_lat));
-            let ring_min_m = (ring as f64 - 1.0).max(0.0) * min_extent;
-            if ring_min_m > filter.max_radius_m {
-                break;
-            }
-            if best.len() == k {
-                let worst = best[k - 1].eta_s;
-                if ring_min_m * model.detour_factor / max_speed > worst {
-                    break;
+            let mut pick = None;
+            let mut pick_eta = f64::INFINITY;
+            for m in 0..3 {
+                if !live[m] {
+                    continue;
+                }
+                if lower_m[m] > s.reach_m[m] {
+                    live[m] = false;
+                    continue;
+                }
+                let eta = lower_m[m] * s.s_per_m[m];
+                if pick.is_none() || eta < pick_eta {
+                    pick = Some(m);
+                    pick_eta = eta;
                 }
             }
-            self.scan_ring(ci, cj, ring, |slot| consider(slot, at, k, filter, model, &mut best));
-            ring += 1;
-            if ring > 20_000 {
-                break;
+            let Some(m) = pick else { break };
+            if ring[m] >= FULL_SCAN_RING || 2 * ring[m] + 1 > TORUS as i32 {
+                // Far out (and before the rings wrap around the torus): read
+                // every occupied bucket of the mode once.
+                for b in self.cells.occupied_buckets(m) {
+                    s.collect(m, self.cells.entries_at(m, b, &guard));
+                }
+                s.settle(m);
+                live[m] = false;
+                continue;
             }
+            s.scan_ring(&self.cells, m, ring[m], &guard);
+            ring[m] += 1;
+            lower_m[m] = s.ring_lower_bound_m(ring[m]);
         }
-        best
+        s.best
     }
 
-    fn scan_ring(&self, ci: i32, cj: i32, r: i32, mut f: impl FnMut(&SlotRef)) {
-        let mut visit = |i: i32, j: i32| {
-            if let Some(v) = self.cells.get(&(i, j)) {
-                v.iter().for_each(&mut f);
-            }
-        };
-        if r == 0 {
-            visit(ci, cj);
-            return;
-        }
-        for j in (cj - r)..=(cj + r) {
-            visit(ci - r, j);
-            visit(ci + r, j);
-        }
-        for i in (ci - r + 1)..=(ci + r - 1) {
-            visit(i, cj - r);
-            visit(i, cj + r);
-        }
-    }
-
+    /// Number of filed caregivers (moves in flight may count twice).
     pub fn len(&self) -> usize {
-        self.cells.iter().map(|c| c.len()).sum()
+        self.cells.len.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,63 +415,254 @@ impl GridIndex {
     }
 }
 
-fn consider(
-    slot: &SlotRef,
-    at: &GeoPoint,
+/// State of one query.
+struct Search<'q, 'g> {
+    xyz: [f64; 3],
     k: usize,
-    filter: &MatchFilter<'_>,
-    model: &TravelModel,
-    best: &mut Vec<Candidate>,
-) {
-    match slot.status() {
-        CaregiverStatus::Available => {}
-        CaregiverStatus::OnVisit if filter.allow_on_visit => {}
-        _ => return,
-    }
-    if let Some((mask, name)) = filter.skill {
-        if slot.skills_mask() & mask != mask || (mask == SHARED_BIT && !slot.has_skill(name)) {
-            return;
+    filter: &'q MatchFilter<'q>,
+    model: &'q TravelModel,
+    /// The query in cell coordinates (fractional row and column).
+    fr: f64,
+    fc: f64,
+    row: i32,
+    col: i32,
+    /// Lower bound of `sqrt(cos(lat_q) cos(lat_p))` for points within a degree of latitude.
+    cos_min: f64,
+    /// Seconds per metre of straight line, per mode.
+    s_per_m: [f64; 3],
+    /// Distance a candidate of each mode must beat (radius, or the k-th travel time).
+    reach_m: [f64; 3],
+    reach_chord2: [f64; 3],
+    best: Vec<Candidate>,
+    /// Entries of the current ring that passed the chord test, with their squared chord.
+    found: Vec<(f64, &'g Entry)>,
+}
+
+impl<'q, 'g> Search<'q, 'g> {
+    fn new(at: &GeoPoint, k: usize, filter: &'q MatchFilter<'q>, model: &'q TravelModel) -> Self {
+        let fr = (at.lat() + 90.0) * CELLS_PER_DEG;
+        let fc = (at.lon() + 180.0) * CELLS_PER_DEG;
+        let xyz = unit_vector(at.lat(), at.lon());
+        // cos(|lat| + 1°) by the addition formula, from the unit vector's cos(lat) and |sin(lat)|.
+        let (cos_q, sin_q) = ((xyz[0] * xyz[0] + xyz[1] * xyz[1]).sqrt(), xyz[2].abs());
+        let (sin_1, cos_1) = 1f64.to_radians().sin_cos();
+        let cos_far = (cos_q * cos_1 - sin_q * sin_1).max(0.0);
+        let s_per_m = MODES.map(|m| model.detour_factor / model.speed_mps(m));
+        let radius = filter.max_radius_m;
+        Search {
+            xyz,
+            k,
+            filter,
+            model,
+            fr,
+            fc,
+            row: (fr.floor() as i32).clamp(0, (180.0 * CELLS_PER_DEG) as i32 - 1),
+            col: fc.floor() as i32,
+            cos_min: (cos_q * cos_far).sqrt(),
+            s_per_m,
+            reach_m: [radius; 3],
+            reach_chord2: [chord2_limit(radius); 3],
+            best: Vec::with_capacity(k + 1),
+            found: Vec::with_capacity(32),
         }
     }
-    if filter.exclude.iter().any(|c| *c == slot.id) {
-        return;
+
+    /// Lower bound, metres, of the distance from the query to a point whose
+    /// latitude and longitude differ by at least these many cells.
+    fn lower_bound_m(&self, dr: f64, dc: f64) -> f64 {
+        let lat_m = R_M * (dr / CELLS_PER_DEG).to_radians();
+        // 2 sin(x / 2) >= x - x^3 / 24 for x in [0, pi].
+        let x = (dc / CELLS_PER_DEG).to_radians().min(PI);
+        let lon_m = (R_M * self.cos_min * (x - x * x * x / 24.0)).min(ONE_DEG_M);
+        lat_m.max(lon_m)
     }
-    let (lat, lon) = slot.position();
-    let Ok(p) = GeoPoint::new("position", lat, lon) else { return };
-    let distance_m = at.distance_m(&p);
-    if distance_m > filter.max_radius_m {
-        return;
+
+    /// Lower bound, metres, of the distance to any point outside rings 0..r.
+    fn ring_lower_bound_m(&self, r: i32) -> f64 {
+        let (lo_r, hi_r) = ((self.row - r + 1) as f64, (self.row + r) as f64);
+        let (lo_c, hi_c) = ((self.col - r + 1) as f64, (self.col + r) as f64);
+        let dr = (self.fr - lo_r).min(hi_r - self.fr).max(0.0);
+        let dc = (self.fc - lo_c).min(hi_c - self.fc).max(0.0);
+        // Outside the box means beyond it in latitude or in longitude.
+        (self.lower_bound_m(dr, 0.0).min(self.lower_bound_m(0.0, dc)) - SLACK_M).max(0.0)
     }
-    let eta_s = model.eta_s(distance_m, slot.mode());
-    if best.len() == k && eta_s >= best[k - 1].eta_s {
-        return;
+
+    /// Lower bound, metres, of the distance to any point of cell (row, col).
+    fn cell_lower_bound_m(&self, row: i32, col: i32) -> f64 {
+        let dr = (row as f64 - self.fr).max(self.fr - (row + 1) as f64).max(0.0);
+        let dc = (col as f64 - self.fc).max(self.fc - (col + 1) as f64).max(0.0);
+        (self.lower_bound_m(dr, dc) - SLACK_M).max(0.0)
     }
-    if best.iter().any(|c| std::sync::Arc::ptr_eq(&c.slot, slot)) {
-        return; // seen twice while it moved between cells
+
+    /// Starts the loads of the home cell and its eight neighbours in every
+    /// mode at once, so the cache misses overlap instead of queueing behind
+    /// each other in the ring loop.
+    fn warm(&self, cells: &Cells, live: &[bool; 3], guard: &'g Guard) {
+        for row in (self.row - 1).max(0)..=(self.row + 1).min(cells.rows - 1) {
+            for col in self.col - 1..=self.col + 1 {
+                for m in (0..3).filter(|m| live[*m]) {
+                    std::hint::black_box(cells.entries(m, row, col, guard).len());
+                }
+            }
+        }
     }
-    let pos = best.partition_point(|c| c.eta_s <= eta_s);
-    best.insert(pos, Candidate { slot: slot.clone(), eta_s, distance_m });
-    best.truncate(k);
+
+    fn scan_ring(&mut self, cells: &Cells, m: usize, r: i32, guard: &'g Guard) {
+        let rows = cells.rows;
+        let visit = |s: &mut Self, row: i32, col: i32| {
+            if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] && cells.occupied(m, row, col)
+            {
+                s.collect(m, cells.entries(m, row, col, guard));
+            }
+        };
+        let (r0, c0) = (self.row, self.col);
+        if r == 0 {
+            visit(self, r0, c0);
+        } else {
+            for c in (c0 - r)..=(c0 + r) {
+                visit(self, r0 - r, c);
+                visit(self, r0 + r, c);
+            }
+            for row in (r0 - r + 1)..=(r0 + r - 1) {
+                visit(self, row, c0 - r);
+                visit(self, row, c0 + r);
+            }
+        }
+        self.settle(m);
+    }
+
+    /// Keeps the entries of a cell that pass the chord test of mode `m`.
+    fn collect(&mut self, m: usize, entries: &'g [Entry]) {
+        let limit = self.reach_chord2[m];
+        for e in entries {
+            let c2 = chord2(&self.xyz, &e.xyz);
+            if c2 <= limit {
+                self.found.push((c2, e));
+            }
+        }
+    }
+
+    /// Checks the collected entries nearest first and keeps the best `k`.
+    fn settle(&mut self, m: usize) {
+        let mut found = std::mem::take(&mut self.found);
+        found.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        for (c2, e) in found.drain(..) {
+            if c2 > self.reach_chord2[m] {
+                break;
+            }
+            self.consider(m, c2, e);
+        }
+        self.found = found;
+    }
+
+    fn consider(&mut self, m: usize, c2: f64, e: &Entry) {
+        let distance_m = chord2_to_m(c2);
+        if distance_m > self.filter.max_radius_m {
+            return;
+        }
+        let eta_s = self.model.eta_s(distance_m, MODES[m]);
+        let k = self.k;
+        if self.best.len() == k && eta_s >= self.best[k - 1].eta_s {
+            return;
+        }
+        let slot = &e.slot;
+        match slot.status() {
+            CaregiverStatus::Available => {}
+            CaregiverStatus::OnVisit if self.filter.allow_on_visit => {}
+            _ => return,
+        }
+        if let Some((mask, name)) = self.filter.skill {
+            if slot.skills_mask() & mask != mask || (mask == SHARED_BIT && !slot.has_skill(name)) {
+                return;
+            }
+        }
+        if self.filter.exclude.iter().any(|c| *c == slot.id) {
+            return;
+        }
+        if self.best.iter().any(|c| Arc::ptr_eq(&c.slot, slot)) {
+            return; // seen twice while it moved between cells
+        }
+        let pos = self.best.partition_point(|c| c.eta_s <= eta_s);
+        self.best.insert(pos, Candidate { slot: slot.clone(), eta_s, distance_m });
+        self.best.truncate(k);
+        if self.best.len() == k {
+            let worst = self.best[k - 1].eta_s;
+            for n in 0..3 {
+                let reach = (worst / self.s_per_m[n]).min(self.filter.max_radius_m);
+                self.reach_m[n] = reach;
+                self.reach_chord2[n] = chord2_limit(reach);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::geo::TravelMode;
     use crate::roster::{CaregiverProfile, CaregiverSlot};
+    use crate::types::IncidentId;
 
-    fn slot(i: usize, lat: f64, lon: f64, mode: TravelMode) -> SlotRef {
+    const SKILLS: [&str; 3] = ["nurse", "dementia", "lift"];
+
+    fn slot_with(i: usize, lat: f64, lon: f64, mode: TravelMode, skills: u64) -> SlotRef {
         let p = GeoPoint::new("p", lat, lon).unwrap();
-        let s = Arc::new(CaregiverSlot::new(
-            CaregiverProfile { id: CaregiverId::parse("id", &format!("C{i}")).unwrap(), skills: vec![], home: p, mode },
-            0,
-        ));
+        let names = (0..3).filter(|b| skills & 1 << b != 0).map(|b| SKILLS[b].to_string()).collect();
+        let id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
+        let s = Arc::new(CaregiverSlot::new(CaregiverProfile { id, skills: names, home: p, mode }, skills));
         s.set_duty(CaregiverStatus::Available).unwrap();
         s
+    }
+
+    fn slot(i: usize, lat: f64, lon: f64, mode: TravelMode) -> SlotRef {
+        slot_with(i, lat, lon, mode, 0)
+    }
+
+    fn admits(s: &CaregiverSlot, f: &MatchFilter<'_>) -> bool {
+        let free = match s.status() {
+            CaregiverStatus::Available => true,
+            CaregiverStatus::OnVisit => f.allow_on_visit,
+            _ => false,
+        };
+        free && f.skill.is_none_or(|(mask, _)| s.skills_mask() & mask == mask) && !f.exclude.contains(&s.id)
+    }
+
+    /// The `k` best travel times by scanning every slot.
+    fn brute_force(slots: &[SlotRef], at: &GeoPoint, k: usize, f: &MatchFilter<'_>, model: &TravelModel) -> Vec<f64> {
+        let mut etas: Vec<f64> = slots
+            .iter()
+            .filter(|s| admits(s, f))
+            .filter_map(|s| {
+                let (lat, lon) = s.position();
+                let d = at.distance_m(&GeoPoint::new("p", lat, lon).unwrap());
+                (d <= f.max_radius_m).then(|| model.eta_s(d, s.mode()))
+            })
+            .collect();
+        etas.sort_by(f64::total_cmp);
+        etas.truncate(k);
+        etas
+    }
+
+    /// Same travel times as the brute force (to rounding), each candidate
+    /// admitted by the filter, no caregiver twice, best first.
+    fn check(got: &[Candidate], want: &[f64], f: &MatchFilter<'_>, model: &TravelModel) {
+        let got_etas: Vec<f64> = got.iter().map(|c| c.eta_s).collect();
+        assert_eq!(got.len(), want.len(), "got {got_etas:?}, want {want:?}");
+        for (g, w) in got_etas.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6 * w.max(1.0), "got {got_etas:?}, want {want:?}");
+        }
+        for (n, c) in got.iter().enumerate() {
+            assert!(admits(&c.slot, f), "{} is not admitted", c.slot.id);
+            assert!(c.distance_m <= f.max_radius_m);
+            assert!((c.eta_s - model.eta_s(c.distance_m, c.slot.mode())).abs() < 1e-9);
+            assert!(got[..n].iter().all(|o| !Arc::ptr_eq(&o.slot, &c.slot)), "{} twice", c.slot.id);
+        }
+        assert!(got_etas.windows(2).all(|w| w[0] <= w[1]), "not sorted: {got_etas:?}");
     }
 
     /// The grid answer equals a brute-force scan on random cities, including
@@ -213,7 +679,7 @@ mod tests {
         slots.iter().for_each(|s| grid.upsert(s));
         for (n, s) in slots.iter().enumerate() {
             if n % 3 == 0 {
-                s.try_claim(crate::types::IncidentId(n as u64 + 1), false);
+                s.try_claim(IncidentId(n as u64 + 1), false);
             }
             if n % 5 == 0 {
                 let p =
@@ -226,19 +692,8 @@ mod tests {
         let filter = MatchFilter { max_radius_m: 50_000.0, ..Default::default() };
         for _ in 0..200 {
             let q = GeoPoint::new("q", 43.8 + rng.random::<f64>() * 0.2, 125.2 + rng.random::<f64>() * 0.3).unwrap();
-            let got: Vec<String> = grid.nearest(&q, 3, &filter, &model).iter().map(|c| c.slot.id.to_string()).collect();
-            let mut all: Vec<(f64, String)> = slots
-                .iter()
-                .filter(|s| s.status() == CaregiverStatus::Available)
-                .map(|s| {
-                    let (lat, lon) = s.position();
-                    let d = q.distance_m(&GeoPoint::new("p", lat, lon).unwrap());
-                    (model.eta_s(d, s.mode()), s.id.to_string())
-                })
-                .collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let want: Vec<String> = all.into_iter().take(3).map(|x| x.1).collect();
-            assert_eq!(got, want);
+            let got = grid.nearest(&q, 3, &filter, &model);
+            check(&got, &brute_force(&slots, &q, 3, &filter, &model), &filter, &model);
         }
     }
 
@@ -258,5 +713,120 @@ mod tests {
         assert_eq!(grid.nearest(&q, 2, &f, &model)[0].slot.id, far.id);
         let f = MatchFilter { skill: Some((1 << 3, "nurse")), max_radius_m: 50_000.0, ..Default::default() };
         assert!(grid.nearest(&q, 2, &f, &model).is_empty());
+    }
+
+    /// A car 2 km away beats a walker 400 m away; a mode change re-files the caregiver.
+    #[test]
+    fn ranks_by_travel_time_and_follows_mode_changes() {
+        let model = TravelModel::default();
+        let grid = GridIndex::default();
+        let walker = slot(1, 43.8809, 125.3700, TravelMode::Walk);
+        let car = slot(2, 43.8953, 125.3700, TravelMode::Car);
+        grid.upsert(&walker);
+        grid.upsert(&car);
+        let q = GeoPoint::new("q", 43.8773, 125.3700).unwrap();
+        let f = MatchFilter { max_radius_m: 30_000.0, ..Default::default() };
+        let got: Vec<_> = grid.nearest(&q, 2, &f, &model).into_iter().map(|c| c.slot.id.clone()).collect();
+        assert_eq!(got, [car.id.clone(), walker.id.clone()]);
+        let mut p = walker.profile();
+        p.mode = TravelMode::Car;
+        walker.set_profile(p, 0);
+        grid.upsert(&walker);
+        assert_eq!(grid.nearest(&q, 1, &f, &model)[0].slot.id, walker.id);
+        assert_eq!(grid.len(), 2);
+    }
+
+    /// Caregivers across the antimeridian and near a pole are found.
+    #[test]
+    fn wraps_at_the_antimeridian() {
+        let model = TravelModel::default();
+        let grid = GridIndex::default();
+        let east = slot(1, 65.0, 179.9995, TravelMode::Bike);
+        let west = slot(2, 65.0, -179.9990, TravelMode::Bike);
+        let polar = slot(3, 89.9999, 10.0, TravelMode::Bike);
+        [&east, &west, &polar].iter().for_each(|s| grid.upsert(s));
+        let f = MatchFilter { max_radius_m: 30_000.0, ..Default::default() };
+        let q = GeoPoint::new("q", 65.0, -179.9999).unwrap();
+        let got: Vec<_> = grid.nearest(&q, 3, &f, &model).into_iter().map(|c| c.slot.id.clone()).collect();
+        assert_eq!(got, [east.id.clone(), west.id.clone()]);
+        let q = GeoPoint::new("q", 89.9999, -170.0).unwrap();
+        assert_eq!(grid.nearest(&q, 1, &f, &model)[0].slot.id, polar.id);
+    }
+
+    fn arb_mode() -> impl Strategy<Value = TravelMode> {
+        prop_oneof![Just(TravelMode::Walk), Just(TravelMode::Bike), Just(TravelMode::Car)]
+    }
+
+    /// (lat, lon offset from the base, mode, status 0..4, skill mask, excluded, moves to).
+    type Cg = (f64, f64, TravelMode, u8, u64, bool, Option<(f64, f64)>);
+
+    fn arb_caregiver(spread: f64) -> impl Strategy<Value = Cg> {
+        (
+            -spread..spread,
+            -spread..spread,
+            arb_mode(),
+            0u8..4,
+            0u64..8,
+            prop::bool::weighted(0.1),
+            prop::option::weighted(0.3, (-spread..spread, -spread..spread)),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// `nearest` agrees with a brute-force scan over random positions,
+        /// modes, statuses, skills, exclusions, radii and moves.
+        #[test]
+        fn nearest_agrees_with_brute_force(
+            base in (-60.0f64..60.0, -179.0f64..179.0),
+            spread in prop_oneof![Just(0.003f64), Just(0.05), Just(0.5)],
+            cgs in prop::collection::vec(arb_caregiver(0.5), 0..120),
+            queries in prop::collection::vec((-0.5f64..0.5, -0.5f64..0.5), 1..8),
+            k in 1usize..6,
+            skill in prop::option::of(0usize..3),
+            allow_on_visit in any::<bool>(),
+            radius in prop_oneof![Just(150.0f64), 100.0f64..60_000.0],
+        ) {
+            let model = TravelModel::default();
+            let grid = GridIndex::default();
+            let at = |dlat: f64, dlon: f64| {
+                let s = spread / 0.5;
+                GeoPoint::new("p", base.0 + dlat * s, (base.1 + dlon * s).clamp(-180.0, 180.0)).unwrap()
+            };
+            let mut slots = Vec::new();
+            let mut exclude = Vec::new();
+            for (i, (dlat, dlon, mode, status, skills, excluded, moved)) in cgs.into_iter().enumerate() {
+                let p = at(dlat, dlon);
+                let s = slot_with(i, p.lat(), p.lon(), mode, skills);
+                grid.upsert(&s);
+                match status {
+                    0 => s.set_duty(CaregiverStatus::OffDuty).unwrap(),
+                    1 => {}
+                    2 => prop_assert!(s.try_claim(IncidentId(i as u64 + 1), false)),
+                    _ => s.set_duty(CaregiverStatus::OnVisit).unwrap(),
+                }
+                if let Some((mlat, mlon)) = moved {
+                    s.set_position(&at(mlat, mlon), 1);
+                    grid.upsert(&s);
+                }
+                if excluded {
+                    exclude.push(s.id.clone());
+                }
+                slots.push(s);
+            }
+            prop_assert_eq!(grid.len(), slots.len());
+            let f = MatchFilter {
+                skill: skill.map(|b| (1u64 << b, SKILLS[b])),
+                exclude: &exclude,
+                allow_on_visit,
+                max_radius_m: radius,
+            };
+            for (dlat, dlon) in queries {
+                let q = at(dlat, dlon);
+                let got = grid.nearest(&q, k, &f, &model);
+                check(&got, &brute_force(&slots, &q, k, &f, &model), &f, &model);
+            }
+        }
     }
 }

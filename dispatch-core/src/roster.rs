@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::geo::{GeoPoint, TravelMode};
+use crate::index::Filing;
 use crate::types::{CaregiverId, CaregiverStatus, IncidentId};
 
 /// Static description of a caregiver, as registered.
@@ -37,8 +38,9 @@ pub struct CaregiverSlot {
     active: AtomicU64,
     mode: AtomicU8,
     skills_mask: AtomicU64,
-    /// Packed grid cell the slot is filed under in the index.
-    pub(crate) cell: AtomicU64,
+    /// Where the index has filed this slot (`None` before its first upsert).
+    /// The lock serialises the index's moves of one caregiver.
+    pub(crate) filed: Mutex<Option<Filing>>,
     profile: RwLock<CaregiverProfile>,
 }
 
@@ -68,7 +70,7 @@ impl CaregiverSlot {
             active: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(profile.mode)),
             skills_mask: AtomicU64::new(skills_mask),
-            cell: AtomicU64::new(u64::MAX),
+            filed: Mutex::new(None),
             profile: RwLock::new(profile),
         }
     }
