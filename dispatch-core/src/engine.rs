@@ -10,12 +10,13 @@
 //! Architecture Invariant: every state change is appended to the journal
 //! before the caller hears of it and before it is published.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crossbeam::queue::SegQueue;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{DispatchError, Result};
 use crate::geo::{GeoPoint, TravelModel};
@@ -110,6 +111,15 @@ pub struct DispatchConfig {
     /// hand-off record. Routine incidents never do.
     pub handoff_critical_ms: i64,
     pub handoff_urgent_ms: i64,
+    /// Severity lanes: alarms of a lane being taken in at once. A full
+    /// routine lane parks new routine alarms as DEFERRED (durable, handled by
+    /// `tick` when the lane has room); a full urgent lane makes new urgent
+    /// alarms wait; the critical lane has no limit and is never shed.
+    pub routine_lane: usize,
+    pub urgent_lane: usize,
+    /// Deferred routine incidents held at most; beyond it routine alarms are
+    /// refused (`Overloaded`) and nothing of them is stored.
+    pub max_deferred: usize,
     /// Candidates fetched per match.
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
@@ -129,6 +139,9 @@ impl Default for DispatchConfig {
             wide_radius_m: 60_000.0,
             handoff_critical_ms: 180_000,
             handoff_urgent_ms: 900_000,
+            routine_lane: 64,
+            urgent_lane: 256,
+            max_deferred: 100_000,
             candidates: 8,
             max_offers: 5,
             arrival_overdue_factor: 2.0,
@@ -205,6 +218,8 @@ type IncidentCell = Arc<Mutex<Option<Incident>>>;
 /// later deadlines wait out extra rounds).
 const TIMER_TICK_MS: i64 = 100;
 const TIMER_SLOTS: usize = 4096;
+/// Deferred incidents dispatched per tick at most.
+const DRAIN_PER_TICK: usize = 1000;
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
@@ -223,7 +238,43 @@ pub struct Dispatcher {
     index: GridIndex,
     /// Deadlines of open incidents (offer expiry, arrival overdue, pending dispatch).
     timers: TimerWheel<IncidentId>,
+    lanes: Lanes,
+    /// Routine incidents parked under overload, oldest first.
+    deferred: SegQueue<IncidentId>,
     counters: Counters,
+}
+
+/// Alarms being taken in, per severity lane, and a condition variable the
+/// urgent lane waits on when it is full.
+#[derive(Default)]
+struct Lanes {
+    in_flight: [AtomicUsize; 3],
+    deferred: AtomicUsize,
+    urgent_room: (Mutex<()>, Condvar),
+}
+
+fn lane(s: Severity) -> usize {
+    match s {
+        Severity::Routine => 0,
+        Severity::Urgent => 1,
+        Severity::Critical => 2,
+    }
+}
+
+/// Leaves a lane when dropped (on every return path of intake).
+struct InLane<'a> {
+    lanes: &'a Lanes,
+    lane: usize,
+}
+
+impl Drop for InLane<'_> {
+    fn drop(&mut self) {
+        self.lanes.in_flight[self.lane].fetch_sub(1, Ordering::AcqRel);
+        if self.lane == 1 {
+            let _guard = self.lanes.urgent_room.0.lock();
+            self.lanes.urgent_room.1.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -275,6 +326,8 @@ impl Dispatcher {
             skills: SkillTable::default(),
             index: GridIndex::default(),
             timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
+            lanes: Lanes::default(),
+            deferred: SegQueue::new(),
             counters: Counters::default(),
         }
     }
@@ -399,7 +452,7 @@ impl Dispatcher {
         let key = alarm.key.clone();
         let result = match self.merge(&alarm) {
             Some(merged) => merged,
-            None => self.open_incident(alarm),
+            None => self.admit(alarm),
         };
         match &result {
             Ok(out) => *key_guard = KeyState::Done(out.incident.id),
@@ -437,7 +490,40 @@ impl Dispatcher {
         Some(Ok(RaiseOutcome { incident: inc.clone(), duplicate: false, merged: true }))
     }
 
-    fn open_incident(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+    /// Takes a new alarm into its severity lane: critical always, urgent when
+    /// its lane has room (waiting for it), routine when its lane has room, or
+    /// else parked as DEFERRED, or refused when the deferred backlog is full.
+    fn admit(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+        let severity = alarm.kind.severity();
+        let l = lane(severity);
+        let lanes = &self.lanes;
+        let deferred_reason = match severity {
+            Severity::Critical => None,
+            Severity::Urgent => {
+                let mut guard = lanes.urgent_room.0.lock();
+                while lanes.in_flight[l].load(Ordering::Acquire) >= self.config.urgent_lane {
+                    lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
+                }
+                None
+            }
+            Severity::Routine => {
+                let busy = lanes.in_flight[l].load(Ordering::Acquire);
+                (busy >= self.config.routine_lane).then(|| format!("routine lane full ({busy} alarms being taken in)"))
+            }
+        };
+        if deferred_reason.is_some() && lanes.deferred.fetch_add(1, Ordering::AcqRel) >= self.config.max_deferred {
+            lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+            return Err(DispatchError::Overloaded(format!(
+                "routine lane full and {} routine alarms already deferred",
+                self.config.max_deferred
+            )));
+        }
+        lanes.in_flight[l].fetch_add(1, Ordering::AcqRel);
+        let _in_lane = InLane { lanes, lane: l };
+        self.open_incident(alarm, deferred_reason)
+    }
+
+    fn open_incident(&self, alarm: Alarm, deferred_reason: Option<String>) -> Result<RaiseOutcome> {
         let now = self.now_ms();
         let id = IncidentId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let cell: IncidentCell = Arc::new(Mutex::new(None));
@@ -448,11 +534,24 @@ impl Dispatcher {
         let mut created = event(EventKind::Created, &inc, now, None, "");
         created.alarm_key = Some(key);
         let mut events = vec![created];
-        self.dispatch(&mut inc, now, &mut events);
+        match deferred_reason {
+            Some(reason) => {
+                inc.state = IncidentState::Deferred;
+                inc.deferred_reason = Some(reason.clone());
+                events.push(event(EventKind::Deferred, &inc, now, None, &reason));
+            }
+            None => self.dispatch(&mut inc, now, &mut events),
+        }
         if let Err(e) = self.journal.append(&events) {
             self.release_holder(&mut inc, now, &mut Vec::new(), "not stored");
             self.incidents.remove(&id);
+            if inc.state == IncidentState::Deferred {
+                self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+            }
             return Err(DispatchError::Journal(e));
+        }
+        if inc.state == IncidentState::Deferred {
+            self.deferred.push(id);
         }
         self.open.insert(id, ());
         self.by_source.insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), id);
@@ -895,7 +994,49 @@ impl Dispatcher {
             });
             changed += usize::from(fired);
         }
-        changed
+        changed + self.drain_deferred()
+    }
+
+    /// Dispatches deferred routine incidents, oldest first, while the routine
+    /// lane has room (at most `DRAIN_PER_TICK` per tick).
+    fn drain_deferred(&self) -> usize {
+        let lanes = &self.lanes;
+        let mut drained = 0;
+        while drained < DRAIN_PER_TICK {
+            let busy = lanes.in_flight[0].load(Ordering::Acquire);
+            if busy > 0 && busy >= self.config.routine_lane {
+                break;
+            }
+            let Some(id) = self.deferred.pop() else { break };
+            lanes.in_flight[0].fetch_add(1, Ordering::AcqRel);
+            let _in_lane = InLane { lanes, lane: 0 };
+            let res = self.update(id, |inc, now, events| {
+                if inc.state != IncidentState::Deferred {
+                    return Ok(()); // cancelled or handled by a dispatcher meanwhile
+                }
+                inc.state = IncidentState::Pending;
+                inc.updated_ms = now;
+                self.dispatch(inc, now, events);
+                Ok(())
+            });
+            match res {
+                Ok(_) => {
+                    lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+                    drained += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(incident = %id, error = %e, "deferred incident not dispatched; kept for later");
+                    self.deferred.push(id);
+                    break;
+                }
+            }
+        }
+        drained
+    }
+
+    /// Routine incidents parked as DEFERRED.
+    pub fn deferred_count(&self) -> usize {
+        self.lanes.deferred.load(Ordering::Acquire)
     }
 
     /// When the next timer of `inc` is due, if it has one.
@@ -1009,6 +1150,7 @@ impl Dispatcher {
     pub fn restore(&self, incidents: Vec<Incident>, keys: Vec<(IdempotencyKey, IncidentId)>) {
         for inc in incidents {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
+            let known = self.incidents.contains_key(&inc.id);
             if inc.state.is_open() {
                 if inc.state.holds_caregiver() {
                     for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
@@ -1022,6 +1164,10 @@ impl Dispatcher {
                     .insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), inc.id);
                 if let Some(d) = self.deadline(&inc) {
                     self.timers.schedule(d, inc.id);
+                }
+                if inc.state == IncidentState::Deferred && !known {
+                    self.deferred.push(inc.id);
+                    self.lanes.deferred.fetch_add(1, Ordering::AcqRel);
                 }
             }
             self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));

@@ -21,6 +21,9 @@ pub enum DispatchError {
     Abandoned(String),
     #[error("journal write failed: {0}")]
     Journal(String),
+    /// Routine lane and deferred backlog are both full: the alarm was not accepted.
+    #[error("overloaded: {0}; retry later with the same idempotency key")]
+    Overloaded(String),
 }
 
 impl DispatchError {

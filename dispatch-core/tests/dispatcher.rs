@@ -267,6 +267,51 @@ fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
 }
 
 #[test]
+fn overload_defers_routine_refuses_beyond_the_backlog_and_never_sheds_critical() {
+    let journal = Arc::new(MemJournal::default());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    // A routine lane with no room: every routine alarm is parked; two may wait.
+    let config = DispatchConfig { routine_lane: 0, max_deferred: 2, ..Default::default() };
+    let d = Dispatcher::new(config, journal.clone(), Arc::new(NoSink), clock.clone());
+    for (id, lat) in [("a", 43.880), ("b", 43.881), ("c", 43.882)] {
+        d.upsert_caregiver(CaregiverProfile {
+            id: cg(id),
+            skills: vec![],
+            home: p(lat, 125.37),
+            mode: TravelMode::Bike,
+        });
+        d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
+    }
+    let low1 = d.raise(alarm("low1", AlarmKind::LowBattery, 43.88, 125.37)).unwrap().incident;
+    let low2 = d.raise(alarm("low2", AlarmKind::DeviceOffline, 43.88, 125.37)).unwrap().incident;
+    for i in [&low1, &low2] {
+        assert_eq!(i.state, IncidentState::Deferred);
+        assert!(i.deferred_reason.as_deref().unwrap().contains("routine lane full"));
+    }
+    let refused = d.raise(alarm("low3", AlarmKind::LowBattery, 43.88, 125.37));
+    assert!(matches!(refused, Err(DispatchError::Overloaded(_))), "{refused:?}");
+    assert!(d.incident_by_key(&IdempotencyKey::parse("k", "low3").unwrap()).is_none(), "nothing of it was kept");
+    let sos = d.raise(alarm("sos", AlarmKind::SosButton, 43.88, 125.37)).unwrap().incident;
+    assert_eq!(sos.state, IncidentState::Offered, "critical alarms are never shed");
+    assert_eq!(d.deferred_count(), 2);
+    // Cancelled while parked: skipped. The rest is dispatched by the next tick, oldest first.
+    d.cancel(low2.id, "elder replaced the battery").unwrap();
+    d.tick();
+    assert_eq!(d.deferred_count(), 0);
+    let low1 = d.incident(low1.id).unwrap();
+    assert_eq!(low1.state, IncidentState::Offered);
+    assert_eq!(d.incident(low2.id).unwrap().state, IncidentState::Cancelled);
+    let kinds: Vec<EventKind> =
+        journal.events.lock().unwrap().iter().filter(|e| e.incident.id == low1.id).map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Created, EventKind::Deferred, EventKind::Offered]);
+    // A retry of the refused alarm is accepted once there is room again.
+    assert_eq!(
+        d.raise(alarm("low3", AlarmKind::LowBattery, 43.88, 125.37)).unwrap().incident.state,
+        IncidentState::Deferred
+    );
+}
+
+#[test]
 fn restore_rebuilds_open_incidents_claims_and_keys() {
     let r = rig(&[("a", 43.880, 125.370)]);
     let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.88, 125.37)).unwrap().incident;

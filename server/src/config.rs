@@ -21,6 +21,10 @@ use serde::Deserialize;
 /// max_radius_km = 30
 /// max_offers = 5
 /// tick_ms = 500
+/// wide_radius_km = 60      # first rung of the escalation ladder
+/// routine_lane = 64        # routine alarms taken in at once; more are DEFERRED
+/// urgent_lane = 256        # urgent alarms taken in at once; more wait
+/// max_deferred = 100000    # beyond it routine alarms get RESOURCE_EXHAUSTED
 /// [planning]
 /// service_min = 30          # visit length for registry elders
 /// max_visits_per_day = 8    # for registry caregivers that set none
@@ -57,6 +61,10 @@ pub struct RawDispatch {
     pub max_radius_km: Option<f64>,
     pub max_offers: Option<u32>,
     pub tick_ms: Option<u64>,
+    pub wide_radius_km: Option<f64>,
+    pub routine_lane: Option<usize>,
+    pub urgent_lane: Option<usize>,
+    pub max_deferred: Option<usize>,
 }
 
 impl RawConfig {
@@ -167,6 +175,24 @@ impl Config {
                 bail!("dispatch.max_offers: must be at least 1");
             }
             dispatch.max_offers = n;
+        }
+        if let Some(km) = d.wide_radius_km {
+            if !(km.is_finite() && km > 0.0 && km <= 1000.0) {
+                bail!("dispatch.wide_radius_km: {km} is not in (0, 1000]");
+            }
+            dispatch.wide_radius_m = km * 1000.0;
+        }
+        if let Some(n) = d.routine_lane {
+            dispatch.routine_lane = n;
+        }
+        if let Some(n) = d.urgent_lane {
+            if n == 0 {
+                bail!("dispatch.urgent_lane: must be at least 1 (urgent alarms wait for room, they are never refused)");
+            }
+            dispatch.urgent_lane = n;
+        }
+        if let Some(n) = d.max_deferred {
+            dispatch.max_deferred = n;
         }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {

@@ -63,6 +63,8 @@ impl From<DispatchError> for ApiError {
             | DispatchError::NotHolder { .. }
             | DispatchError::CaregiverNotFree { .. }) => ApiError::FailedPrecondition(e.to_string()),
             e @ (DispatchError::Abandoned(_) | DispatchError::Journal(_)) => ApiError::Unavailable(e.to_string()),
+            // Only routine alarms are ever refused for load.
+            e @ DispatchError::Overloaded(_) => ApiError::ResourceExhausted(e.to_string()),
         }
     }
 }
