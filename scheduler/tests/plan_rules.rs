@@ -236,6 +236,31 @@ fn same_seed_gives_the_same_plan() {
 }
 
 #[test]
+fn no_time_for_the_lps_still_covers_everyone() {
+    // A zero budget: both LP stages fall back (greedy primary, DP days).
+    let s = synth::generate(5, 120, 6, synth::default_centre());
+    let o = PlanOptions { time_limit: std::time::Duration::ZERO, ..opts() };
+    let out = plan::plan(&s.input, &Haversine::default(), &o, None).expect("plans");
+    assert_eq!(out.status, CoverageStatus::Full, "{}", out.summary());
+    assert_eq!(independent_check(&s.input, &out.plan), Vec::<String>::new());
+}
+
+#[test]
+fn same_seed_gives_the_same_plan_with_parallel_lps() {
+    // 20 caregivers: several clusters and visit-day groups solved in parallel.
+    let s = synth::generate(12, 250, 20, synth::default_centre());
+    let o = PlanOptions { threads: 2, ..opts() };
+    let a = plan::plan(&s.input, &Haversine::default(), &o, None).expect("plans");
+    let b = plan::plan(&s.input, &Haversine::default(), &o, None).expect("plans");
+    assert_eq!(a.status, CoverageStatus::Full, "{}", a.summary());
+    let strip = |mut p: Plan| {
+        p.stats.solve_seconds = 0.0;
+        p
+    };
+    assert_eq!(strip(a.plan), strip(b.plan));
+}
+
+#[test]
 fn replan_after_absence_and_missed_visit_keeps_coverage_and_changes_few_routes() {
     let s = synth::generate(5, 60, 3, synth::default_centre());
     let tm = Haversine::default();

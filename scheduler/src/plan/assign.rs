@@ -1,16 +1,17 @@
-//! ILP stage (good_lp, default solver `microlp`): chooses each elder's primary
+//! ILP stage (good_lp; solver chosen in `lp.rs`): chooses each elder's primary
 //! caregiver (continuity of care) under monthly capacity, sparse over
 //! plausible (elder, caregiver) pairs and decomposed into geographic clusters
 //! of caregivers solved in parallel. See `MODEL.md` for the mathematics.
 //! A greedy fallback assigns any elder the LP leaves out or cannot reach.
 
+use super::lp;
 use super::routes::{max_spaced, Ctx, Loc};
-use good_lp::{microlp, variable, Expression, ProblemVariables, Solution, SolverModel, Variable, WithTimeLimit};
+use good_lp::{variable, Expression, ProblemVariables, Solution, Variable};
 use rayon::prelude::*;
 use std::time::Instant;
 
 /// Caregivers per cluster (decomposition size).
-const CLUSTER: usize = 12;
+pub(crate) const CLUSTER: usize = 12;
 /// Candidate caregivers per elder inside its cluster.
 const CANDIDATES: usize = 6;
 /// Share of shift time the monthly capacity may fill.
@@ -41,38 +42,34 @@ pub(crate) fn plausible(ctx: &Ctx, e: usize, c: usize) -> bool {
         && ctx.reachable(c, e)
 }
 
-/// Recursive coordinate bisection of caregivers into clusters of <= `CLUSTER`.
-pub(crate) fn clusters(ctx: &Ctx) -> Vec<Vec<usize>> {
-    fn split(ctx: &Ctx, mut ids: Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if ids.len() <= CLUSTER {
-            out.push(ids);
-            return;
-        }
-        let cg = &ctx.input.caregivers;
-        let span = |f: &dyn Fn(usize) -> f64| {
-            let (lo, hi) = ids.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &i| (lo.min(f(i)), hi.max(f(i))));
-            hi - lo
-        };
-        let lat = |i: usize| cg[i].base.lat;
-        let lon = |i: usize| cg[i].base.lon * cg[i].base.lat.to_radians().cos();
-        if span(&lat) >= span(&lon) {
-            ids.sort_by(|&a, &b| lat(a).total_cmp(&lat(b)).then(a.cmp(&b)));
-        } else {
-            ids.sort_by(|&a, &b| lon(a).total_cmp(&lon(b)).then(a.cmp(&b)));
-        }
-        let right = ids.split_off(ids.len() / 2);
-        split(ctx, ids, out);
-        split(ctx, right, out);
+/// Recursive coordinate bisection of caregivers `ids` into parts of at most
+/// `size`, split across the wider of the two coordinate spans.
+pub(crate) fn bisect(ctx: &Ctx, mut ids: Vec<usize>, size: usize) -> Vec<Vec<usize>> {
+    if ids.len() <= size {
+        return vec![ids];
     }
-    let mut out = Vec::new();
-    split(ctx, (0..ctx.input.caregivers.len()).collect(), &mut out);
+    let cg = &ctx.input.caregivers;
+    let span = |f: &dyn Fn(usize) -> f64| {
+        let (lo, hi) = ids.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &i| (lo.min(f(i)), hi.max(f(i))));
+        hi - lo
+    };
+    let lat = |i: usize| cg[i].base.lat;
+    let lon = |i: usize| cg[i].base.lon * cg[i].base.lat.to_radians().cos();
+    if span(&lat) >= span(&lon) {
+        ids.sort_by(|&a, &b| lat(a).total_cmp(&lat(b)).then(a.cmp(&b)));
+    } else {
+        ids.sort_by(|&a, &b| lon(a).total_cmp(&lon(b)).then(a.cmp(&b)));
+    }
+    let right = ids.split_off(ids.len() / 2);
+    let mut out = bisect(ctx, ids, size);
+    out.extend(bisect(ctx, right, size));
     out
 }
 
 /// Runs the stage. `deadline` bounds every LP.
 pub(crate) fn assign(ctx: &Ctx, deadline: Instant) -> Assignment {
     let ne = ctx.input.elders.len();
-    let parts = clusters(ctx);
+    let parts = bisect(ctx, (0..ctx.input.caregivers.len()).collect(), CLUSTER);
     let mut cluster_of = vec![0; ctx.input.caregivers.len()];
     for (k, p) in parts.iter().enumerate() {
         for &c in p {
@@ -157,9 +154,8 @@ fn solve_cluster(
     cands: &[(usize, Vec<usize>)],
     deadline: Instant,
 ) -> Option<Vec<(usize, usize)>> {
-    let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
-    if left <= 0.05 || cands.is_empty() {
-        return if cands.is_empty() { Some(Vec::new()) } else { None };
+    if cands.is_empty() {
+        return Some(Vec::new());
     }
     let mut vars = ProblemVariables::new();
     let mut y: Vec<Vec<(usize, Variable)>> = Vec::with_capacity(cands.len());
@@ -180,10 +176,10 @@ fn solve_cluster(
         u.push(ue);
         y.push(row);
     }
-    let mut model = vars.minimise(objective).using(microlp).with_time_limit(left);
+    let mut constraints = Vec::new();
     for (i, row) in y.iter().enumerate() {
         let sum: Expression = row.iter().map(|&(_, v)| Expression::from(v)).sum::<Expression>() + u[i];
-        model.add_constraint(sum.eq(1.0));
+        constraints.push(sum.eq(1.0));
     }
     for &c in cgs {
         let mut time = Expression::default();
@@ -200,11 +196,11 @@ fn solve_cluster(
         }
         if any {
             let cg = &ctx.input.caregivers[c];
-            model.add_constraint(time.leq(capacity(ctx, c)));
-            model.add_constraint(count.leq(ctx.cg_days[c].count_ones() as f64 * cg.max_visits_per_day as f64));
+            constraints.push(time.leq(capacity(ctx, c)));
+            constraints.push(count.leq(ctx.cg_days[c].count_ones() as f64 * cg.max_visits_per_day as f64));
         }
     }
-    let sol = model.solve().ok()?;
+    let sol = lp::solve(vars.minimise(objective), constraints, deadline)?;
     let mut out = Vec::new();
     for (i, (e, _)) in cands.iter().enumerate() {
         if sol.value(u[i]) > 0.5 {

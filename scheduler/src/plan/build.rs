@@ -194,6 +194,39 @@ impl<'a> Planner<'a> {
         self.eject_and_place(m, e, need, allowed, rng)
     }
 
+    /// Places elder `e` on the caregiver-days of its visit-day LP `hint` where
+    /// the routes can take them, then completes it with [`Self::place`]. If
+    /// that fails, the hinted visits are dropped and `place` runs alone, so
+    /// the hint never costs coverage.
+    pub fn place_hinted(
+        &self,
+        m: &mut Month,
+        e: usize,
+        hint: &[(u32, usize)],
+        allowed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        let ctx = self.ctx;
+        if hint.is_empty() || !m.visits[e].is_empty() {
+            return self.place(m, e, allowed, rng);
+        }
+        let gap = ctx.gap[e].max(1);
+        for &(d, c) in hint {
+            let spaced = m.visits[e].iter().all(|v| v.0.abs_diff(d) >= gap);
+            let open = allowed & (1 << d) != 0 && (m.blocked.is_empty() || !m.blocked.contains(&m.idx(c, d)));
+            if spaced && open && ctx.common_days(e, c) & (1 << d) != 0 {
+                if let Some((_, k)) = m.route(c, d).best_insertion(ctx, c, e) {
+                    m.insert(ctx, e, c, d, k);
+                }
+            }
+        }
+        if self.place(m, e, allowed, rng) {
+            return true;
+        }
+        m.remove_elder(ctx, e);
+        self.place(m, e, allowed, rng)
+    }
+
     /// Tries, for nearby elders f on the candidate routes, removing f, placing
     /// e, then re-placing f. Keeps the first success.
     fn eject_and_place(&self, m: &mut Month, e: usize, need: u32, allowed: u64, rng: &mut ChaCha8Rng) -> bool {

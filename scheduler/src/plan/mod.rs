@@ -1,8 +1,10 @@
 //! Monthly visit planner (issue 4): every special-hardship elder visited as
 //! required, with coverage first (never traded), then travel, continuity and
 //! balance. Pipeline: input validation -> necessary-condition diagnosis ->
-//! ILP assignment of primary caregivers (good_lp/microlp, decomposed) ->
-//! per-elder day selection by DP with insertion into caregiver-day routes ->
+//! ILP assignment of primary caregivers (good_lp, decomposed) -> LP
+//! assignment of visits to caregiver-days (decomposed, time-limited) ->
+//! insertion of each visit on its LP caregiver-day, completed by per-elder
+//! day selection by DP with insertion into caregiver-day routes ->
 //! coverage repair by ejection -> intra-route local search (rayon) -> LNS ->
 //! diagnosis of anything left uncovered.
 //!
@@ -20,6 +22,8 @@ pub mod travel;
 
 mod assign;
 mod build;
+mod days;
+mod lp;
 mod routes;
 
 pub use calendar::Month;
@@ -58,7 +62,7 @@ impl Default for PlanOptions {
 pub enum Phase {
     /// Checking necessary conditions.
     Diagnose,
-    /// ILP assignment of primary caregivers.
+    /// ILP assignment of primary caregivers and of visits to caregiver-days.
     Assign,
     /// Building routes visit by visit.
     Construct,
@@ -195,6 +199,10 @@ fn plan_in_pool(
     let assignment = assign::assign(&ctx, t0 + opts.time_limit / 3);
     tracing::debug!(lp_solved = assignment.lp_solved, clusters = assignment.clusters, "ilp stage");
     let planner = build::Planner::new(&ctx, &assignment.primary);
+    let skip: Vec<bool> = proofs.iter().map(Option::is_some).collect();
+    // Both LP stages together stay within the first third of the budget.
+    let days = days::plan_days(&ctx, &planner.anchor, &skip, t0 + opts.time_limit / 3);
+    tracing::debug!(lp_solved = days.lp_solved, groups = days.groups, "visit-day stage");
     report(progress, Phase::Construct, t0, 0, 0.0);
     let mut m = routes::Month::new(&ctx);
     let all_days = u64::MAX;
@@ -212,7 +220,7 @@ fn plan_in_pool(
     order.sort_unstable();
     let mut failed = Vec::new();
     for &(_, _, e) in &order {
-        if !planner.place(&mut m, e, all_days, &mut rng) {
+        if !planner.place_hinted(&mut m, e, &days.hint[e], all_days, &mut rng) {
             failed.push(e);
         }
     }
