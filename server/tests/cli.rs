@@ -24,26 +24,11 @@ fn sample_plan_replan_and_geojson() {
     assert!(o.status.success(), "{}", text(&o));
     let (elders, caregivers) = (d.join("elders.csv"), d.join("caregivers.csv"));
     let (out, geo) = (d.join("plan.json"), d.join("routes.geojson"));
-    let o = anxin(&[
-        "plan",
-        "--elders",
-        p(&elders),
-        "--caregivers",
-        p(&caregivers),
-        "--month",
-        "2026-12",
-        "--holidays",
-        "2026-12-25",
-        "--time-limit",
-        "10",
-        "--threads",
-        "1",
-        "--out",
-        p(&out),
-        "--geojson",
-        p(&geo),
-        "--quiet",
-    ]);
+    // What both runs share: the holiday, the time limit and one thread.
+    let common = ["--holidays", "2026-12-25", "--time-limit", "10", "--threads", "1", "--quiet"];
+    let files = ["--elders", p(&elders), "--caregivers", p(&caregivers)];
+    let plan_args = ["plan", "--month", "2026-12", "--out", p(&out), "--geojson", p(&geo)];
+    let o = anxin(&[&plan_args[..], &files, &common].concat());
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("coverage 120/120 elders (100.0%)"), "{stdout}");
@@ -66,28 +51,9 @@ fn sample_plan_replan_and_geojson() {
     let (cg, date) = (route["caregiver"].as_str().unwrap(), route["date"].as_str().unwrap());
     std::fs::write(&events, format!(r#"[{{"kind":"caregiver_absent","caregiver":"{cg}","date":"{date}"}}]"#)).unwrap();
     let repaired = d.join("plan2.json");
-    let o = anxin(&[
-        "replan",
-        "--elders",
-        p(&elders),
-        "--caregivers",
-        p(&caregivers),
-        "--plan",
-        p(&out),
-        "--events",
-        p(&events),
-        "--from",
-        "2026-12-01",
-        "--holidays",
-        "2026-12-25",
-        "--time-limit",
-        "10",
-        "--threads",
-        "1",
-        "--out",
-        p(&repaired),
-        "--quiet",
-    ]);
+    let replan_args =
+        ["replan", "--plan", p(&out), "--events", p(&events), "--from", "2026-12-01", "--out", p(&repaired)];
+    let o = anxin(&[&replan_args[..], &files, &common].concat());
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("route(s) changed"), "{}", text(&o));
     let plan2: serde_json::Value = serde_json::from_slice(&std::fs::read(&repaired).unwrap()).unwrap();
