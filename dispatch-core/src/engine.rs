@@ -10,6 +10,7 @@
 //! Architecture Invariant: every state change is appended to the journal
 //! before the caller hears of it and before it is published.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::error::{DispatchError, Result};
 use crate::geo::{GeoPoint, TravelModel};
 use crate::incident::{Alarm, EventKind, Incident, IncidentEvent};
 use crate::index::{GridIndex, MatchFilter};
+use crate::kpi::{KpiSnapshot, Kpis};
 use crate::lifecycle::IncidentState;
 use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef};
 use crate::types::{
@@ -33,6 +35,12 @@ use crate::wheel::TimerWheel;
 pub trait Journal: Send + Sync {
     /// Makes `events` durable, all or nothing, before returning `Ok`.
     fn append(&self, events: &[IncidentEvent]) -> std::result::Result<(), String>;
+
+    /// Reads back an incident that is no longer held in memory (closed and
+    /// evicted), if the journal can.
+    fn load(&self, _id: IncidentId) -> Option<Incident> {
+        None
+    }
 }
 
 /// Receives every event after it is durable, in order per incident.
@@ -120,6 +128,9 @@ pub struct DispatchConfig {
     /// Deferred routine incidents held at most; beyond it routine alarms are
     /// refused (`Overloaded`) and nothing of them is stored.
     pub max_deferred: usize,
+    /// Closed incidents stay in memory this long (for consoles), then are
+    /// read back from the journal when asked for.
+    pub retain_closed_ms: i64,
     /// Candidates fetched per match.
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
@@ -142,6 +153,7 @@ impl Default for DispatchConfig {
             routine_lane: 64,
             urgent_lane: 256,
             max_deferred: 100_000,
+            retain_closed_ms: 600_000,
             candidates: 8,
             max_offers: 5,
             arrival_overdue_factor: 2.0,
@@ -169,31 +181,6 @@ pub struct CaregiverView {
     pub position: (f64, f64),
     pub last_seen_ms: i64,
     pub active_incident: Option<IncidentId>,
-}
-
-/// Counters of intake.
-#[derive(Debug, Default)]
-struct Counters {
-    received: AtomicU64,
-    duplicates: AtomicU64,
-    merged: AtomicU64,
-}
-
-/// A snapshot of the counters and of the incidents held in memory.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KpiSnapshot {
-    pub alarms_received: u64,
-    pub duplicates: u64,
-    pub merged: u64,
-    pub incidents_by_state: Vec<(IncidentState, u64)>,
-    /// Receipt to first offer, ms, of every incident offered so far.
-    pub receipt_to_first_offer_ms: Vec<i64>,
-    /// Receipt to acceptance, ms, of every accepted incident.
-    pub receipt_to_accept_ms: Vec<i64>,
-    /// Incidents that were offered (denominator of the acceptance ratios).
-    pub offered: u64,
-    pub acceptance_to_arrival_ms: Vec<i64>,
-    pub escalations: Vec<(EscalationReason, u64)>,
 }
 
 /// A timer that `tick` fires.
@@ -241,7 +228,9 @@ pub struct Dispatcher {
     lanes: Lanes,
     /// Routine incidents parked under overload, oldest first.
     deferred: SegQueue<IncidentId>,
-    counters: Counters,
+    /// Closed incidents in closing order, evicted from memory after `retain_closed_ms`.
+    closed: Mutex<VecDeque<(i64, IncidentId)>>,
+    kpis: Kpis,
 }
 
 /// Alarms being taken in, per severity lane, and a condition variable the
@@ -328,7 +317,8 @@ impl Dispatcher {
             timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
             lanes: Lanes::default(),
             deferred: SegQueue::new(),
-            counters: Counters::default(),
+            closed: Mutex::new(VecDeque::new()),
+            kpis: Kpis::default(),
         }
     }
 
@@ -426,7 +416,7 @@ impl Dispatcher {
     /// merge window merges into it, anything else opens an incident and
     /// dispatches it. Returns once the result is durable.
     pub fn raise(&self, alarm: Alarm) -> Result<RaiseOutcome> {
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.kpis.received.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(Mutex::new(KeyState::Pending));
         let mut key_guard = cell.lock();
         let existing = match self.keys.entry(alarm.key.clone()) {
@@ -438,7 +428,7 @@ impl Dispatcher {
         };
         if let Some(other) = existing {
             drop(key_guard);
-            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
             // The creator holds the cell until its outcome is durable.
             let state = other.lock();
             return match &*state {
@@ -485,7 +475,7 @@ impl Dispatcher {
             return Some(Err(DispatchError::Journal(e)));
         }
         *inc = next;
-        self.counters.merged.fetch_add(1, Ordering::Relaxed);
+        self.kpis.merged.fetch_add(1, Ordering::Relaxed);
         self.sink.publish(std::slice::from_ref(&ev));
         Some(Ok(RaiseOutcome { incident: inc.clone(), duplicate: false, merged: true }))
     }
@@ -553,6 +543,7 @@ impl Dispatcher {
         if inc.state == IncidentState::Deferred {
             self.deferred.push(id);
         }
+        self.kpis.observe(None, &inc);
         self.open.insert(id, ());
         self.by_source.insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), id);
         if let Some(d) = self.deadline(&inc) {
@@ -732,7 +723,9 @@ impl Dispatcher {
         if deadline.is_some() && deadline != self.deadline(current) {
             self.timers.schedule(deadline.unwrap_or_default(), id);
         }
+        self.kpis.observe(Some(current), &next);
         if next.state.is_terminal() {
+            self.closed.lock().push_back((now, id));
             self.open.remove(&id);
             self.by_source.remove_if(
                 &source_key(next.device.as_ref().map(|d| d.as_str()), next.elder.as_str(), next.kind),
@@ -994,6 +987,7 @@ impl Dispatcher {
             });
             changed += usize::from(fired);
         }
+        self.evict_closed(now);
         changed + self.drain_deferred()
     }
 
@@ -1077,10 +1071,12 @@ impl Dispatcher {
 
     // ----------------------------------------------------------------- reads
 
+    /// An incident from memory, or (closed and evicted) from the journal.
     pub fn incident(&self, id: IncidentId) -> Option<Incident> {
-        let cell = self.incidents.get(&id).map(|c| c.clone())?;
-        let guard = cell.lock();
-        guard.clone()
+        match self.incidents.get(&id).map(|c| c.clone()) {
+            Some(cell) => cell.lock().clone(),
+            None => self.journal.load(id),
+        }
     }
 
     /// The incident an idempotency key led to, if it is known.
@@ -1109,37 +1105,25 @@ impl Dispatcher {
     }
 
     pub fn kpis(&self) -> KpiSnapshot {
-        let all = self.incidents(|_| true);
-        let mut k = KpiSnapshot {
-            alarms_received: self.counters.received.load(Ordering::Relaxed),
-            duplicates: self.counters.duplicates.load(Ordering::Relaxed),
-            merged: self.counters.merged.load(Ordering::Relaxed),
-            ..Default::default()
-        };
-        for s in IncidentState::ALL {
-            k.incidents_by_state.push((s, all.iter().filter(|i| i.state == s).count() as u64));
+        let open: Vec<IncidentId> = self.open.iter().map(|e| *e.key()).collect();
+        let states = open.into_iter().filter_map(|id| {
+            let cell = self.incidents.get(&id).map(|c| c.clone())?;
+            let state = cell.lock().as_ref().map(|i| i.state);
+            state
+        });
+        self.kpis.snapshot(states)
+    }
+
+    /// Drops closed incidents older than `retain_closed_ms` from memory.
+    fn evict_closed(&self, now: i64) {
+        let mut closed = self.closed.lock();
+        while let Some(&(at, id)) = closed.front() {
+            if at + self.config.retain_closed_ms > now {
+                break;
+            }
+            closed.pop_front();
+            self.incidents.remove(&id);
         }
-        let mut esc: Vec<(EscalationReason, u64)> = Vec::new();
-        for i in &all {
-            if let Some(t) = i.first_offered_ms {
-                k.offered += 1;
-                k.receipt_to_first_offer_ms.push(t - i.received_ms);
-            }
-            if let Some(a) = i.accepted_ms {
-                k.receipt_to_accept_ms.push(a - i.received_ms);
-                if let Some(r) = i.arrived_ms {
-                    k.acceptance_to_arrival_ms.push(r - a);
-                }
-            }
-            if let Some(r) = i.escalation {
-                match esc.iter_mut().find(|(e, _)| *e == r) {
-                    Some((_, n)) => *n += 1,
-                    None => esc.push((r, 1)),
-                }
-            }
-        }
-        k.escalations = esc;
-        k
     }
 
     // --------------------------------------------------------------- restore
@@ -1148,9 +1132,14 @@ impl Dispatcher {
     /// (open ones re-claim their caregivers, who must be registered first) and
     /// every idempotency key seen. Idempotent: restoring twice changes nothing.
     pub fn restore(&self, incidents: Vec<Incident>, keys: Vec<(IdempotencyKey, IncidentId)>) {
+        let now = self.now_ms();
         for inc in incidents {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
             let known = self.incidents.contains_key(&inc.id);
+            if !known {
+                self.kpis.observe(None, &inc);
+            }
+            self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));
             if inc.state.is_open() {
                 if inc.state.holds_caregiver() {
                     for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
@@ -1169,8 +1158,16 @@ impl Dispatcher {
                     self.deferred.push(inc.id);
                     self.lanes.deferred.fetch_add(1, Ordering::AcqRel);
                 }
+            } else {
+                // Closed: held only while recent; older ones are read back on demand.
+                let closed = inc.closed_ms.unwrap_or(inc.updated_ms);
+                if closed + self.config.retain_closed_ms <= now {
+                    continue;
+                }
+                if !known {
+                    self.closed.lock().push_back((closed, inc.id));
+                }
             }
-            self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));
             self.incidents.insert(inc.id, Arc::new(Mutex::new(Some(inc))));
         }
         for (key, id) in keys {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod geo;
 pub mod incident;
 pub mod index;
+pub mod kpi;
 pub mod lifecycle;
 pub mod roster;
 pub mod supervision;
@@ -16,13 +17,14 @@ pub mod types;
 pub mod wheel;
 
 pub use engine::{
-    CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Journal, KpiSnapshot, ManualClock, NoJournal, NoSink,
-    RaiseOutcome, SystemClock,
+    CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Journal, ManualClock, NoJournal, NoSink, RaiseOutcome,
+    SystemClock,
 };
 pub use error::{DispatchError, Result};
 pub use geo::{GeoPoint, TravelMode, TravelModel};
 pub use incident::{Alarm, EventKind, Incident, IncidentEvent};
 pub use index::{Candidate, GridIndex, MatchFilter};
+pub use kpi::{KpiSnapshot, Latency};
 pub use lifecycle::IncidentState;
 pub use roster::{CaregiverProfile, CaregiverSlot};
 pub use supervision::{Heard, Offline, Supervisor, DEFAULT_MISSED_HEARTBEATS};

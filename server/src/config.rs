@@ -25,6 +25,7 @@ use serde::Deserialize;
 /// routine_lane = 64        # routine alarms taken in at once; more are DEFERRED
 /// urgent_lane = 256        # urgent alarms taken in at once; more wait
 /// max_deferred = 100000    # beyond it routine alarms get RESOURCE_EXHAUSTED
+/// retain_closed_s = 600    # closed incidents stay in memory this long, then are read from the store
 /// [planning]
 /// service_min = 30          # visit length for registry elders
 /// max_visits_per_day = 8    # for registry caregivers that set none
@@ -65,6 +66,7 @@ pub struct RawDispatch {
     pub routine_lane: Option<usize>,
     pub urgent_lane: Option<usize>,
     pub max_deferred: Option<usize>,
+    pub retain_closed_s: Option<f64>,
 }
 
 impl RawConfig {
@@ -193,6 +195,12 @@ impl Config {
         }
         if let Some(n) = d.max_deferred {
             dispatch.max_deferred = n;
+        }
+        if let Some(s) = d.retain_closed_s {
+            if !(s.is_finite() && (0.0..=86_400.0 * 30.0).contains(&s)) {
+                bail!("dispatch.retain_closed_s: {s} is not between 0 and 2592000");
+            }
+            dispatch.retain_closed_ms = (s * 1000.0) as i64;
         }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {

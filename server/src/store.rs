@@ -130,6 +130,9 @@ pub struct Snapshot {
 pub struct Store {
     tx: Sender<Msg>,
     path: PathBuf,
+    /// A read connection for records no longer held in memory (WAL lets it
+    /// read while the writer commits).
+    reader: std::sync::Arc<parking_lot::Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,6 +188,7 @@ impl Store {
             Some(found) => return Err(StoreError::Version { path, found }),
         }
         let snapshot = read_all(&conn)?;
+        let reader = open_conn(&path)?;
         let (tx, rx) = bounded::<Msg>(16_384);
         let handle = std::thread::Builder::new()
             .name("anxin-store".into())
@@ -193,7 +197,8 @@ impl Store {
                 path: path.clone(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
-        Ok((Store { tx: tx.clone(), path }, StoreWriter { tx, handle: Some(handle) }, snapshot))
+        let reader = std::sync::Arc::new(parking_lot::Mutex::new(reader));
+        Ok((Store { tx: tx.clone(), path, reader }, StoreWriter { tx, handle: Some(handle) }, snapshot))
     }
 
     pub fn path(&self) -> &Path {
@@ -217,6 +222,20 @@ impl Store {
 impl Journal for Store {
     fn append(&self, events: &[IncidentEvent]) -> Result<(), String> {
         self.write(WriteOp::Events(events.to_vec()))
+    }
+
+    fn load(&self, id: IncidentId) -> Option<dispatch_core::Incident> {
+        let conn = self.reader.lock();
+        let body: Option<Vec<u8>> = conn
+            .query_row("SELECT body FROM incidents WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+            .optional()
+            .map_err(|e| tracing::error!(incident = %id, error = %e, "reading a closed incident failed"))
+            .ok()
+            .flatten();
+        let p: pb::Incident = decode("incident", &id.to_string(), &body?)
+            .map_err(|e| tracing::error!(error = %e, "stored incident cannot be decoded"))
+            .ok()?;
+        incident_from_pb(&p).ok()
     }
 }
 

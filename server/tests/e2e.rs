@@ -572,3 +572,47 @@ async fn a_device_silent_for_three_intervals_raises_device_offline_until_heard_a
     assert!(d.online && d.battery_pct == 80);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn closed_incidents_leave_memory_and_are_read_back_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = RawConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() };
+    let mut config = Config::from_raw(&raw).unwrap();
+    config.tick_ms = 20;
+    config.dispatch.retain_closed_ms = 0;
+    let server = start(&config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut c = Clients {
+        alarms: Alarms::new(channel.clone()),
+        dispatch: Dispatch::new(channel.clone()),
+        caregivers: Caregivers::new(channel.clone()),
+        registry: Registry::new(channel.clone()),
+        channel,
+    };
+    elder(&mut c, "E1", 43.8650, 125.3860).await;
+    let inc = c.alarms.raise_alarm(alarm("gone", "E1", pb::AlarmKind::Inactivity)).await.unwrap().into_inner();
+    let id = inc.incident.unwrap().id;
+    let cancel = pb::CancelIncidentRequest { incident_id: id.clone(), reason: "false alarm, elder called back".into() };
+    c.dispatch.cancel_incident(cancel).await.unwrap();
+    let mut listed = 1;
+    for _ in 0..100 {
+        let list = pb::ListIncidentsRequest::default();
+        listed = c.dispatch.list_incidents(list).await.unwrap().into_inner().incidents.len();
+        if listed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed, 0, "closed incidents leave the in-memory list");
+    let by_id = pb::GetIncidentRequest { incident_id: id.clone(), idempotency_key: String::new() };
+    let back = c.dispatch.get_incident(by_id).await.unwrap().into_inner();
+    assert_eq!(
+        (back.state, back.resolution_note.as_str()),
+        (pb::IncidentState::Cancelled as i32, "false alarm, elder called back")
+    );
+    let by_key = pb::GetIncidentRequest { incident_id: String::new(), idempotency_key: "gone".into() };
+    assert_eq!(c.dispatch.get_incident(by_key).await.unwrap().into_inner().id, id);
+    let k = c.dispatch.get_kpis(pb::GetKpisRequest {}).await.unwrap().into_inner();
+    assert_eq!(k.incidents_by_state.get("INCIDENT_STATE_CANCELLED"), Some(&1));
+    server.shutdown().await.unwrap();
+}

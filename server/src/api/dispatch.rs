@@ -24,19 +24,8 @@ fn caregiver_id(s: &str) -> ApiResult<core::CaregiverId> {
     Ok(core::CaregiverId::parse("caregiver_id", s)?)
 }
 
-fn latency(mut v: Vec<i64>) -> pb::LatencySummary {
-    if v.is_empty() {
-        return pb::LatencySummary::default();
-    }
-    v.sort_unstable();
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64;
-    pb::LatencySummary {
-        count: v.len() as u64,
-        p50_ms: q(0.5),
-        p90_ms: q(0.9),
-        p99_ms: q(0.99),
-        max_ms: *v.last().unwrap_or(&0) as f64,
-    }
+fn latency(l: &core::Latency) -> pb::LatencySummary {
+    pb::LatencySummary { count: l.count, p50_ms: l.p50_ms, p90_ms: l.p90_ms, p99_ms: l.p99_ms, max_ms: l.max_ms }
 }
 
 async fn act(
@@ -93,18 +82,19 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
     #[tracing::instrument(skip(self, request), fields(incident = %request.get_ref().incident_id))]
     async fn get_incident(&self, request: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
         let req = request.into_inner();
+        let d = self.state.dispatcher.clone();
+        // A closed incident may have left memory: it is then read from the store.
         let found = if !req.incident_id.is_empty() {
             let id = incident_id(&req.incident_id)?;
-            self.state
-                .dispatcher
-                .incident(id)
-                .ok_or_else(|| ApiError::NotFound { what: "incident", id: id.to_string() })?
+            blocking(move || d.incident(id).ok_or_else(|| ApiError::NotFound { what: "incident", id: id.to_string() }))
+                .await?
         } else if !req.idempotency_key.is_empty() {
             let key = core::IdempotencyKey::parse("idempotency_key", &req.idempotency_key).map_err(ApiError::from)?;
-            self.state
-                .dispatcher
-                .incident_by_key(&key)
-                .ok_or_else(|| ApiError::NotFound { what: "alarm with idempotency_key", id: key.to_string() })?
+            blocking(move || {
+                d.incident_by_key(&key)
+                    .ok_or_else(|| ApiError::NotFound { what: "alarm with idempotency_key", id: key.to_string() })
+            })
+            .await?
         } else {
             return Err(ApiError::invalid("incident_id", "set incident_id or idempotency_key").into());
         };
@@ -242,22 +232,15 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
     async fn get_kpis(&self, _request: Request<pb::GetKpisRequest>) -> Result<Response<pb::Kpis>, Status> {
         let d = self.state.dispatcher.clone();
         let k = blocking(move || Ok(d.kpis())).await?;
-        let within = |limit: i64| {
-            if k.offered == 0 {
-                return 0.0;
-            }
-            k.receipt_to_accept_ms.iter().filter(|ms| **ms <= limit).count() as f64 / k.offered as f64
-        };
-        let open: u64 = k.incidents_by_state.iter().filter(|(s, _)| s.is_open()).map(|(_, n)| n).sum();
         Ok(Response::new(pb::Kpis {
             alarms_received: k.alarms_received,
             duplicates: k.duplicates,
             merged: k.merged,
-            incidents_open: open,
-            accepted_within_60s_ratio: within(60_000),
-            accepted_within_180s_ratio: within(180_000),
-            receipt_to_first_offer: Some(latency(k.receipt_to_first_offer_ms.clone())),
-            time_to_arrival: Some(latency(k.acceptance_to_arrival_ms.clone())),
+            incidents_open: k.open(),
+            accepted_within_60s_ratio: k.accepted_within_60s_ratio(),
+            accepted_within_180s_ratio: k.accepted_within_180s_ratio(),
+            receipt_to_first_offer: Some(latency(&k.receipt_to_first_offer)),
+            time_to_arrival: Some(latency(&k.acceptance_to_arrival)),
             escalations: k
                 .escalations
                 .iter()

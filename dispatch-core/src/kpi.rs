@@ -1,0 +1,192 @@
+//! Telecare KPIs kept as the incidents change, in HDR histograms and
+//! counters, so reading them costs the same after a million incidents as
+//! after ten, and closed incidents can leave memory: time from receipt to
+//! first offer, the share of offered alarms accepted within 60 s and 180 s,
+//! time from acceptance to arrival, escalations by reason, incidents by state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::incident::Incident;
+use crate::lifecycle::IncidentState;
+use crate::types::EscalationReason;
+
+const REASONS: [EscalationReason; 6] = [
+    EscalationReason::NoCaregiverAvailable,
+    EscalationReason::AllDeclined,
+    EscalationReason::ArrivalOverdue,
+    EscalationReason::Manual,
+    EscalationReason::FamilyContact,
+    EscalationReason::EmergencyServices,
+];
+
+/// Percentiles of one latency, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The KPIs at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KpiSnapshot {
+    pub alarms_received: u64,
+    pub duplicates: u64,
+    pub merged: u64,
+    /// Open incidents by state (from memory) and closed ones (counted).
+    pub incidents_by_state: Vec<(IncidentState, u64)>,
+    pub receipt_to_first_offer: Latency,
+    pub acceptance_to_arrival: Latency,
+    /// Incidents offered at least once (the denominator of the acceptance shares).
+    pub offered: u64,
+    pub accepted_within_60s: u64,
+    pub accepted_within_180s: u64,
+    /// Every escalation and ladder step, by reason.
+    pub escalations: Vec<(EscalationReason, u64)>,
+}
+
+impl KpiSnapshot {
+    pub fn accepted_within_60s_ratio(&self) -> f64 {
+        ratio(self.accepted_within_60s, self.offered)
+    }
+
+    pub fn accepted_within_180s_ratio(&self) -> f64 {
+        ratio(self.accepted_within_180s, self.offered)
+    }
+
+    pub fn open(&self) -> u64 {
+        self.incidents_by_state.iter().filter(|(s, _)| s.is_open()).map(|(_, n)| n).sum()
+    }
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+pub(crate) struct Kpis {
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub merged: AtomicU64,
+    offered: AtomicU64,
+    accepted_60: AtomicU64,
+    accepted_180: AtomicU64,
+    escalations: [AtomicU64; REASONS.len()],
+    resolved: AtomicU64,
+    cancelled: AtomicU64,
+    to_first_offer: Mutex<Histogram<u64>>,
+    to_arrival: Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 ms .. 1 day at 3 significant digits.
+    Histogram::new_with_bounds(1, 86_400_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+fn record(h: &Mutex<Histogram<u64>>, ms: i64) {
+    h.lock().saturating_record(ms.max(1) as u64);
+}
+
+fn latency(h: &Mutex<Histogram<u64>>) -> Latency {
+    let h = h.lock();
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    Latency { count: h.len(), p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), max_ms: h.max() as f64 }
+}
+
+impl Default for Kpis {
+    fn default() -> Self {
+        Kpis {
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            merged: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
+            accepted_60: AtomicU64::new(0),
+            accepted_180: AtomicU64::new(0),
+            escalations: Default::default(),
+            resolved: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            to_first_offer: Mutex::new(histogram()),
+            to_arrival: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl Kpis {
+    /// Counts what changed from `before` (None: a new or restored incident) to `after`.
+    pub fn observe(&self, before: Option<&Incident>, after: &Incident) {
+        let newly = |f: fn(&Incident) -> Option<i64>| f(after).filter(|_| before.and_then(f).is_none());
+        if let Some(t) = newly(|i| i.first_offered_ms) {
+            self.offered.fetch_add(1, Ordering::Relaxed);
+            record(&self.to_first_offer, t - after.received_ms);
+        }
+        if let Some(t) = newly(|i| i.accepted_ms) {
+            let waited = t - after.received_ms;
+            if waited <= 60_000 {
+                self.accepted_60.fetch_add(1, Ordering::Relaxed);
+            }
+            if waited <= 180_000 {
+                self.accepted_180.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let (Some(t), Some(a)) = (newly(|i| i.arrived_ms), after.accepted_ms) {
+            record(&self.to_arrival, t - a);
+        }
+        if let Some(r) = after.escalation.filter(|r| before.and_then(|b| b.escalation) != Some(*r)) {
+            if let Some(i) = REASONS.iter().position(|x| *x == r) {
+                self.escalations[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if before.map(|b| b.state) != Some(after.state) {
+            match after.state {
+                IncidentState::Resolved => self.resolved.fetch_add(1, Ordering::Relaxed),
+                IncidentState::Cancelled => self.cancelled.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    }
+
+    /// A snapshot; `open` counts the open incidents by state.
+    pub fn snapshot(&self, open: impl Iterator<Item = IncidentState>) -> KpiSnapshot {
+        let mut by_state: Vec<(IncidentState, u64)> = IncidentState::ALL.iter().map(|s| (*s, 0)).collect();
+        for s in open {
+            if let Some(e) = by_state.iter_mut().find(|(x, _)| *x == s) {
+                e.1 += 1;
+            }
+        }
+        for (s, n) in &mut by_state {
+            match s {
+                IncidentState::Resolved => *n = self.resolved.load(Ordering::Relaxed),
+                IncidentState::Cancelled => *n = self.cancelled.load(Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        KpiSnapshot {
+            alarms_received: self.received.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            merged: self.merged.load(Ordering::Relaxed),
+            incidents_by_state: by_state,
+            receipt_to_first_offer: latency(&self.to_first_offer),
+            acceptance_to_arrival: latency(&self.to_arrival),
+            offered: self.offered.load(Ordering::Relaxed),
+            accepted_within_60s: self.accepted_60.load(Ordering::Relaxed),
+            accepted_within_180s: self.accepted_180.load(Ordering::Relaxed),
+            escalations: REASONS
+                .iter()
+                .zip(&self.escalations)
+                .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
