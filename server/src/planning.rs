@@ -320,13 +320,16 @@ impl Planning {
             let permit = gate.acquire_owned().await;
             // A thread of its own, not tokio's blocking pool: a long solve must
             // not hold up the runtime's shutdown.
+            let (me2, job2) = (me.clone(), job.clone());
             let spawned = std::thread::Builder::new().name(format!("anxin-{}", job.id)).spawn(move || {
                 let _permit = permit;
-                me.run(&job, spec, now_ms);
-                me.pending.fetch_sub(1, Ordering::SeqCst);
+                me2.run(&job2, spec, now_ms);
+                me2.pending.fetch_sub(1, Ordering::SeqCst);
             });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a planning thread");
+                me.pending.fetch_sub(1, Ordering::SeqCst);
+                me.finish(&job, Err(format!("cannot start a planning thread: {e}")), 0.0);
             }
         });
         Ok(id)

@@ -400,11 +400,8 @@ impl pb::scheduling_service_server::SchedulingService for SchedulingApi {
             return Ok(Response::new(route_pb(route)));
         }
         if !done.caregivers.contains(&r.caregiver_id) {
-            return Err(ApiError::NotFound {
-                what: "caregiver in the plan of",
-                id: format!("{} ({})", done.month, r.caregiver_id),
-            }
-            .into());
+            let id = format!("{} in the plan of {}", r.caregiver_id, done.month);
+            return Err(ApiError::NotFound { what: "caregiver", id }.into());
         }
         // A caregiver with no visits that day gets an empty route, not an error.
         Ok(Response::new(pb::Route { caregiver_id: r.caregiver_id, date: r.date, ..Default::default() }))
