@@ -17,7 +17,8 @@ use std::sync::Arc;
 use crossbeam::queue::SegQueue;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::lock_api::ArcMutexGuard;
+use parking_lot::{Condvar, Mutex, RawMutex};
 
 use crate::error::{DispatchError, Result};
 use crate::geo::{GeoPoint, TravelModel};
@@ -200,6 +201,35 @@ enum KeyState {
 }
 
 type IncidentCell = Arc<Mutex<Option<Incident>>>;
+
+/// Alarms staged by one `raise_batch` call, most per journal append.
+const MAX_RUN: usize = 1024;
+
+/// An incident staged by intake, locked until its events are durable, with
+/// its place in a lane (none for a merge into an open incident).
+type StagedIncident<'a> = (ArcMutexGuard<RawMutex, Option<Incident>>, Incident, Option<InLane<'a>>);
+
+/// Answers of a batch, by position.
+type Answers = [Option<Result<RaiseOutcome>>];
+
+/// One alarm taken in whose events wait for the run's journal append. Its
+/// key stays locked so that a retry waits for the outcome.
+struct Staged<'a> {
+    slot: usize,
+    key: IdempotencyKey,
+    key_cell: Arc<Mutex<KeyState>>,
+    key_guard: ArcMutexGuard<RawMutex, KeyState>,
+    guard: ArcMutexGuard<RawMutex, Option<Incident>>,
+    next: Incident,
+    lane: Option<InLane<'a>>,
+}
+
+/// Alarms staged since the last journal append, and their events in order.
+#[derive(Default)]
+struct Run<'a> {
+    staged: Vec<Staged<'a>>,
+    events: Vec<IncidentEvent>,
+}
 
 /// Resolution of the incident timers, and their wheel's size (a revolution of 6.8 minutes;
 /// later deadlines wait out extra rounds).
@@ -416,51 +446,99 @@ impl Dispatcher {
     /// merge window merges into it, anything else opens an incident and
     /// dispatches it. Returns once the result is durable.
     pub fn raise(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+        let mut results = self.raise_batch(vec![alarm]);
+        results.pop().unwrap_or_else(|| unreachable!("raise_batch answers every alarm"))
+    }
+
+    /// Takes a batch in, each alarm as [`raise`](Self::raise) takes it, with
+    /// one journal append per run of alarms (group commit from the caller's
+    /// side). A run ends when it reaches `MAX_RUN`, or before an alarm that
+    /// would wait on something the run holds (a retried key, a second repeat of
+    /// one incident, a lane the run itself fills). Results come in the order of
+    /// `alarms`, each only once durable.
+    pub fn raise_batch(&self, alarms: Vec<Alarm>) -> Vec<Result<RaiseOutcome>> {
+        let mut out: Vec<Option<Result<RaiseOutcome>>> = alarms.iter().map(|_| None).collect();
+        let mut run = Run::default();
+        for (slot, alarm) in alarms.into_iter().enumerate() {
+            if run.staged.len() >= MAX_RUN {
+                self.settle(&mut run, &mut out);
+            }
+            if let Some(answer) = self.take_in(slot, alarm, &mut run, &mut out) {
+                out[slot] = Some(answer);
+            }
+        }
+        self.settle(&mut run, &mut out);
+        debug_assert!(out.iter().all(Option::is_some), "every alarm of a batch is answered");
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| r.unwrap_or_else(|| Err(DispatchError::Abandoned(format!("alarm {i} of the batch")))))
+            .collect()
+    }
+
+    /// Stages one alarm in `run`, or answers it at once (a duplicate, a refusal).
+    fn take_in<'a>(
+        &'a self,
+        slot: usize,
+        alarm: Alarm,
+        run: &mut Run<'a>,
+        out: &mut Answers,
+    ) -> Option<Result<RaiseOutcome>> {
         self.kpis.received.fetch_add(1, Ordering::Relaxed);
-        let cell = Arc::new(Mutex::new(KeyState::Pending));
-        let mut key_guard = cell.lock();
+        let key_cell = Arc::new(Mutex::new(KeyState::Pending));
+        let mut key_guard = key_cell.lock_arc();
         let existing = match self.keys.entry(alarm.key.clone()) {
             Entry::Occupied(e) => Some(e.get().clone()),
             Entry::Vacant(v) => {
-                v.insert(cell.clone());
+                v.insert(key_cell.clone());
                 None
             }
         };
         if let Some(other) = existing {
             drop(key_guard);
             self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
-            // The creator holds the cell until its outcome is durable.
+            // The creator holds the key until its outcome is durable, and it may be in this run.
+            self.settle(run, out);
             let state = other.lock();
-            return match &*state {
-                KeyState::Done(id) => {
-                    let incident = self.incident(*id).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
-                    Ok(RaiseOutcome { incident, duplicate: true, merged: false })
-                }
+            return Some(match &*state {
+                KeyState::Done(id) => self
+                    .incident(*id)
+                    .map(|incident| RaiseOutcome { incident, duplicate: true, merged: false })
+                    .ok_or_else(|| DispatchError::UnknownIncident(id.to_string())),
                 KeyState::Pending | KeyState::Abandoned => Err(DispatchError::Abandoned(alarm.key.to_string())),
-            };
+            });
         }
         let key = alarm.key.clone();
-        let result = match self.merge(&alarm) {
-            Some(merged) => merged,
-            None => self.admit(alarm),
+        let staged = match self.stage_merge(&alarm, run, out) {
+            Some(merge) => Ok(merge),
+            None => self.stage_open(alarm, run, out),
         };
-        match &result {
-            Ok(out) => *key_guard = KeyState::Done(out.incident.id),
-            Err(_) => {
+        match staged {
+            Ok((guard, next, lane)) => {
+                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane });
+                None
+            }
+            Err(e) => {
                 *key_guard = KeyState::Abandoned;
-                self.keys.remove_if(&key, |_, v| Arc::ptr_eq(v, &cell));
+                self.keys.remove_if(&key, |_, v| Arc::ptr_eq(v, &key_cell));
+                Some(Err(e))
             }
         }
-        result
     }
 
-    /// Merges a repeat into its open incident, if there is one within the window.
-    fn merge(&self, alarm: &Alarm) -> Option<Result<RaiseOutcome>> {
+    /// Stages a repeat into its open incident, if there is one within the window.
+    fn stage_merge<'a>(&'a self, alarm: &Alarm, run: &mut Run<'a>, out: &mut Answers) -> Option<StagedIncident<'a>> {
         let skey = source_key(alarm.device.as_ref().map(|d| d.as_str()), alarm.elder.as_str(), alarm.kind);
         let id = *self.by_source.get(&skey)?;
         let cell = self.incidents.get(&id).map(|c| c.clone())?;
-        let mut guard = cell.lock();
-        let inc = guard.as_mut()?;
+        let guard = match cell.try_lock_arc() {
+            Some(g) => g,
+            None => {
+                // Possibly held by this run (an earlier repeat): settle it before waiting.
+                self.settle(run, out);
+                cell.lock_arc()
+            }
+        };
+        let inc = guard.as_ref()?;
         let now = self.now_ms();
         if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
             return None;
@@ -471,34 +549,39 @@ impl Dispatcher {
         next.updated_ms = now;
         let mut ev = event(EventKind::Merged, &next, now, next.assigned.as_ref(), &alarm.detail);
         ev.alarm_key = Some(alarm.key.clone());
-        if let Err(e) = self.journal.append(std::slice::from_ref(&ev)) {
-            return Some(Err(DispatchError::Journal(e)));
-        }
-        *inc = next;
-        self.kpis.merged.fetch_add(1, Ordering::Relaxed);
-        self.sink.publish(std::slice::from_ref(&ev));
-        Some(Ok(RaiseOutcome { incident: inc.clone(), duplicate: false, merged: true }))
+        run.events.push(ev);
+        Some((guard, next, None))
     }
 
-    /// Takes a new alarm into its severity lane: critical always, urgent when
+    /// Takes a new alarm into its severity lane — critical always, urgent when
     /// its lane has room (waiting for it), routine when its lane has room, or
-    /// else parked as DEFERRED, or refused when the deferred backlog is full.
-    fn admit(&self, alarm: Alarm) -> Result<RaiseOutcome> {
+    /// else parked as DEFERRED, or refused when the deferred backlog is full —
+    /// and stages its incident, dispatched unless deferred.
+    fn stage_open<'a>(&'a self, alarm: Alarm, run: &mut Run<'a>, out: &mut Answers) -> Result<StagedIncident<'a>> {
         let severity = alarm.kind.severity();
         let l = lane(severity);
         let lanes = &self.lanes;
+        let limit = match severity {
+            Severity::Critical => usize::MAX,
+            Severity::Urgent => self.config.urgent_lane,
+            Severity::Routine => self.config.routine_lane,
+        };
+        if !run.staged.is_empty() && lanes.in_flight[l].load(Ordering::Acquire) >= limit {
+            // The run's own alarms hold places in the lane: settle them before judging it full.
+            self.settle(run, out);
+        }
         let deferred_reason = match severity {
             Severity::Critical => None,
             Severity::Urgent => {
                 let mut guard = lanes.urgent_room.0.lock();
-                while lanes.in_flight[l].load(Ordering::Acquire) >= self.config.urgent_lane {
+                while lanes.in_flight[l].load(Ordering::Acquire) >= limit {
                     lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
                 }
                 None
             }
             Severity::Routine => {
                 let busy = lanes.in_flight[l].load(Ordering::Acquire);
-                (busy >= self.config.routine_lane).then(|| format!("routine lane full ({busy} alarms being taken in)"))
+                (busy >= limit).then(|| format!("routine lane full ({busy} alarms being taken in)"))
             }
         };
         if deferred_reason.is_some() && lanes.deferred.fetch_add(1, Ordering::AcqRel) >= self.config.max_deferred {
@@ -509,49 +592,83 @@ impl Dispatcher {
             )));
         }
         lanes.in_flight[l].fetch_add(1, Ordering::AcqRel);
-        let _in_lane = InLane { lanes, lane: l };
-        self.open_incident(alarm, deferred_reason)
-    }
-
-    fn open_incident(&self, alarm: Alarm, deferred_reason: Option<String>) -> Result<RaiseOutcome> {
+        let in_lane = InLane { lanes, lane: l };
         let now = self.now_ms();
         let id = IncidentId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let cell: IncidentCell = Arc::new(Mutex::new(None));
-        let mut guard = cell.lock();
-        self.incidents.insert(id, cell.clone());
+        let guard = cell.lock_arc();
+        self.incidents.insert(id, cell);
         let key = alarm.key.clone();
         let mut inc = Incident::open(id, alarm, now);
         let mut created = event(EventKind::Created, &inc, now, None, "");
         created.alarm_key = Some(key);
-        let mut events = vec![created];
+        run.events.push(created);
         match deferred_reason {
             Some(reason) => {
                 inc.state = IncidentState::Deferred;
                 inc.deferred_reason = Some(reason.clone());
-                events.push(event(EventKind::Deferred, &inc, now, None, &reason));
+                run.events.push(event(EventKind::Deferred, &inc, now, None, &reason));
             }
-            None => self.dispatch(&mut inc, now, &mut events),
+            None => self.dispatch(&mut inc, now, &mut run.events),
         }
-        if let Err(e) = self.journal.append(&events) {
-            self.release_holder(&mut inc, now, &mut Vec::new(), "not stored");
-            self.incidents.remove(&id);
-            if inc.state == IncidentState::Deferred {
-                self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+        Ok((guard, inc, Some(in_lane)))
+    }
+
+    /// Journals the run's events in one append, then makes its incidents
+    /// visible, publishes and answers; or, if the journal fails, undoes the
+    /// run (claims released, new incidents dropped, keys forgotten so a retry
+    /// starts afresh). The run's locks are held until its events are published.
+    fn settle(&self, run: &mut Run<'_>, out: &mut Answers) {
+        if run.staged.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut run.events);
+        let staged = std::mem::take(&mut run.staged);
+        match self.journal.append(&events) {
+            Ok(()) => {
+                let mut held = Vec::with_capacity(staged.len());
+                for mut s in staged {
+                    let inc = s.next.clone();
+                    let merged = s.lane.is_none();
+                    if merged {
+                        self.kpis.merged.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        if inc.state == IncidentState::Deferred {
+                            self.deferred.push(inc.id);
+                        }
+                        self.kpis.observe(None, &inc);
+                        self.open.insert(inc.id, ());
+                        self.by_source.insert(
+                            source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind),
+                            inc.id,
+                        );
+                        if let Some(d) = self.deadline(&inc) {
+                            self.timers.schedule(d, inc.id);
+                        }
+                    }
+                    *s.key_guard = KeyState::Done(inc.id);
+                    out[s.slot] = Some(Ok(RaiseOutcome { incident: s.next.clone(), duplicate: false, merged }));
+                    *s.guard = Some(inc);
+                    held.push(s);
+                }
+                self.sink.publish(&events);
             }
-            return Err(DispatchError::Journal(e));
+            Err(e) => {
+                let now = self.now_ms();
+                for mut s in staged {
+                    if s.lane.is_some() {
+                        self.release_holder(&mut s.next, now, &mut Vec::new(), "not stored");
+                        self.incidents.remove(&s.next.id);
+                        if s.next.state == IncidentState::Deferred {
+                            self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    *s.key_guard = KeyState::Abandoned;
+                    self.keys.remove_if(&s.key, |_, v| Arc::ptr_eq(v, &s.key_cell));
+                    out[s.slot] = Some(Err(DispatchError::Journal(e.clone())));
+                }
+            }
         }
-        if inc.state == IncidentState::Deferred {
-            self.deferred.push(id);
-        }
-        self.kpis.observe(None, &inc);
-        self.open.insert(id, ());
-        self.by_source.insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), id);
-        if let Some(d) = self.deadline(&inc) {
-            self.timers.schedule(d, id);
-        }
-        *guard = Some(inc.clone());
-        self.sink.publish(&events);
-        Ok(RaiseOutcome { incident: inc, duplicate: false, merged: false })
     }
 
     // -------------------------------------------------------------- matching

@@ -2,7 +2,7 @@
 //! dedup and merge, timers on a manual clock, journal failures, and a
 //! concurrency stress test of the one-incident-per-caregiver invariant.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dispatch_core::*;
@@ -11,6 +11,7 @@ use dispatch_core::*;
 struct MemJournal {
     events: Mutex<Vec<IncidentEvent>>,
     fail: AtomicBool,
+    appends: AtomicUsize,
 }
 
 impl Journal for MemJournal {
@@ -18,6 +19,7 @@ impl Journal for MemJournal {
         if self.fail.load(Ordering::SeqCst) {
             return Err("disk full".into());
         }
+        self.appends.fetch_add(1, Ordering::SeqCst);
         self.events.lock().unwrap().extend_from_slice(events);
         Ok(())
     }
@@ -139,6 +141,92 @@ fn duplicate_key_returns_the_original_and_repeats_merge() {
     let third = r.d.raise(rep).unwrap();
     assert!(!third.merged && third.incident.id != first.incident.id);
     assert_eq!(r.d.incidents(|_| true).len(), 2);
+}
+
+#[test]
+fn a_batch_is_journalled_per_run_and_answered_in_order() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.881, 125.371), ("c", 43.882, 125.372)]);
+    let first = alarm("k1", AlarmKind::Inactivity, 43.88, 125.37);
+    let repeat = |key: &str| {
+        let mut a = first.clone();
+        a.key = IdempotencyKey::parse("k", key).unwrap();
+        a
+    };
+    let batch = vec![
+        first.clone(),
+        alarm("k2", AlarmKind::Wandering, 43.88, 125.37),
+        first.clone(), // a retry inside the batch: waits for the first to be durable
+        repeat("r1"),  // a repeat of the first: merged
+        repeat("r2"),  // and again: the run holds the incident, so it settles first
+    ];
+    let out: Vec<RaiseOutcome> = r.d.raise_batch(batch).into_iter().map(Result::unwrap).collect();
+    let id = out[0].incident.id;
+    assert!(!out[0].duplicate && !out[0].merged && !out[1].duplicate && out[1].incident.id != id);
+    assert!(out[2].duplicate && out[2].incident.id == id);
+    assert!(out[3].merged && out[3].incident.id == id && out[3].incident.repeat_count == 1);
+    assert!(out[4].merged && out[4].incident.id == id && out[4].incident.repeat_count == 2);
+    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 3, "runs: [k1 k2], [r1], [r2]");
+    assert_eq!(r.d.incident(id).unwrap().repeat_count, 2);
+    // A plain batch of new alarms is one append.
+    let fresh: Vec<Alarm> = (0..50).map(|i| alarm(&format!("n{i}"), AlarmKind::LowBattery, 43.9, 125.4)).collect();
+    assert!(r.d.raise_batch(fresh).iter().all(|o| o.as_ref().is_ok_and(|o| !o.duplicate && !o.merged)));
+    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_failed_batch_append_undoes_the_whole_run_and_its_keys_can_be_retried() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
+    let batch = || vec![alarm("x", AlarmKind::Fall, 43.88, 125.37), alarm("y", AlarmKind::Wandering, 43.88, 125.37)];
+    r.journal.fail.store(true, Ordering::SeqCst);
+    let out = r.d.raise_batch(batch());
+    assert!(out.iter().all(|o| matches!(o, Err(DispatchError::Journal(_)))), "{out:?}");
+    for c in ["a", "b"] {
+        assert_eq!(r.d.caregiver(&cg(c)).unwrap().status, CaregiverStatus::Available, "{c}'s claim undone");
+    }
+    assert!(r.d.incidents(|_| true).is_empty());
+    r.journal.fail.store(false, Ordering::SeqCst);
+    let out = r.d.raise_batch(batch());
+    assert!(out.iter().all(|o| o.as_ref().is_ok_and(|o| !o.duplicate)), "{out:?}");
+}
+
+/// Batches from several threads share keys and sources: no deadlock, and
+/// every key leads to exactly one incident whatever thread answered it.
+#[test]
+fn concurrent_batches_with_shared_keys_agree_on_every_key() {
+    let r = Arc::new(rig(&[("a", 43.880, 125.370), ("b", 43.881, 125.371), ("c", 43.882, 125.372)]));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for b in 0..40u64 {
+                    let batch: Vec<Alarm> = (0..32u64)
+                        .map(|i| {
+                            let n = (t * 7 + b * 13 + i * 5) % 97; // keys shared across threads
+                            let mut a = alarm(&format!("k{n}"), AlarmKind::ALL[(n % 9) as usize], 43.88, 125.37);
+                            a.elder = ElderId::parse("e", &format!("E{}", n % 11)).unwrap(); // repeats merge
+                            a
+                        })
+                        .collect();
+                    let keys: Vec<String> = batch.iter().map(|a| a.key.to_string()).collect();
+                    for (k, o) in keys.into_iter().zip(r.d.raise_batch(batch)) {
+                        seen.push((k, o.unwrap().incident.id));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut by_key = std::collections::HashMap::new();
+    for t in threads {
+        for (k, id) in t.join().unwrap() {
+            assert_eq!(*by_key.entry(k.clone()).or_insert(id), id, "key {k} answered with two incidents");
+        }
+    }
+    assert_eq!(by_key.len(), 97);
+    for (k, id) in by_key {
+        assert_eq!(r.d.incident_by_key(&IdempotencyKey::parse("k", &k).unwrap()).unwrap().id, id);
+    }
 }
 
 #[test]

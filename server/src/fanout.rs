@@ -61,10 +61,14 @@ impl Fanout {
 }
 
 impl dispatch_core::EventSink for Fanout {
+    /// Converts each event only for the listeners it has; the console lock is
+    /// taken once per batch of events.
     fn publish(&self, events: &[IncidentEvent]) {
         use pb::AssignmentEventKind as A;
+        let mut console = self.console.lock();
+        let consoles = console.1.receiver_count() > 0;
         for e in events {
-            let incident = incident_pb(&e.incident);
+            let mut incident = None;
             let cg = e.caregiver.as_ref().map(|c| c.as_str());
             if let Some(cg) = cg {
                 let kind = match e.kind {
@@ -76,21 +80,23 @@ impl dispatch_core::EventSink for Fanout {
                     }
                     EventKind::Created | EventKind::Deferred => None,
                 };
-                if let Some(kind) = kind {
-                    self.to_caregiver(cg, kind, &incident);
+                if let Some(kind) = kind.filter(|_| self.caregivers.contains_key(cg)) {
+                    self.to_caregiver(cg, kind, incident.get_or_insert_with(|| incident_pb(&e.incident)));
                 }
             }
-            let mut console = self.console.lock();
+            // Sequence numbers count every event, listened to or not.
             console.0 += 1;
+            if !consoles {
+                continue; // no console listening is fine: events are durable in the store
+            }
             let ev = pb::IncidentEvent {
                 seq: console.0,
                 at_unix_ms: e.at_ms,
                 kind: event_kind_pb(e.kind) as i32,
-                incident: Some(incident),
+                incident: Some(incident.unwrap_or_else(|| incident_pb(&e.incident))),
                 caregiver_id: cg.unwrap_or_default().to_owned(),
                 note: e.note.clone(),
             };
-            // No console listening is fine: events are durable in the store.
             let _ = console.1.send(Arc::new(ev));
         }
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use dispatch_core as core;
+use futures::FutureExt;
 use proto::v1 as pb;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,8 +15,10 @@ use crate::app::AppState;
 use crate::convert::{alarm_kind, geo_opt, incident_pb, text, MAX_DETAIL_BYTES};
 use crate::error::{ApiError, ApiResult};
 
-/// Alarms of one stream being processed at once.
-const STREAM_WINDOW: usize = 256;
+/// Alarms of one stream read but not yet answered, at most.
+const STREAM_WINDOW: usize = 16_384;
+/// Alarms of one stream taken in together at most (see `raise_batch`).
+const STREAM_BATCH: usize = 1_024;
 
 pub struct AlarmApi {
     pub state: Arc<AppState>,
@@ -75,11 +78,61 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
 /// incident; a key reused for a different alarm is ALREADY_EXISTS.
 pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResult<pb::RaiseAlarmResponse> {
     let alarm = to_alarm(&state, &req, super::now_ms())?;
-    let (elder, kind) = (alarm.elder.clone(), alarm.kind);
     let span = tracing::debug_span!("dispatch.raise", key = %alarm.key);
     let d = state.dispatcher.clone();
     let out = blocking(move || span.in_scope(|| Ok(d.raise(alarm)?))).await?;
-    if out.duplicate && (out.incident.elder != elder || out.incident.kind != kind) {
+    response(&req, out)
+}
+
+/// Takes a batch in with one journal append per run (see
+/// `Dispatcher::raise_batch`) and answers each request in order, as `raise`
+/// answers one.
+pub async fn raise_batch(state: Arc<AppState>, reqs: Vec<pb::RaiseAlarmRequest>) -> Vec<pb::AlarmAck> {
+    let now = super::now_ms();
+    let mut answers: Vec<Option<ApiResult<pb::RaiseAlarmResponse>>> = Vec::with_capacity(reqs.len());
+    let (mut alarms, mut taken) = (Vec::with_capacity(reqs.len()), Vec::with_capacity(reqs.len()));
+    for (i, req) in reqs.iter().enumerate() {
+        match to_alarm(&state, req, now) {
+            Ok(a) => {
+                alarms.push(a);
+                taken.push(i);
+                answers.push(None);
+            }
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    if !alarms.is_empty() {
+        let span = tracing::debug_span!("dispatch.raise_batch", alarms = alarms.len());
+        let d = state.dispatcher.clone();
+        match blocking(move || span.in_scope(|| Ok(d.raise_batch(alarms)))).await {
+            Ok(outs) => {
+                for (i, out) in taken.into_iter().zip(outs) {
+                    answers[i] = Some(out.map_err(ApiError::from).and_then(|o| response(&reqs[i], o)));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for i in taken {
+                    answers[i] = Some(Err(ApiError::Internal(message.clone())));
+                }
+            }
+        }
+    }
+    reqs.into_iter()
+        .zip(answers)
+        .map(|(req, answer)| {
+            let result = match answer.unwrap_or_else(|| Err(ApiError::Internal("alarm not answered".into()))) {
+                Ok(r) => pb::alarm_ack::Result::Accepted(r),
+                Err(e) => pb::alarm_ack::Result::Error(pb::AckError { code: e.code() as i32, message: e.to_string() }),
+            };
+            pb::AlarmAck { idempotency_key: req.idempotency_key, sequence: req.sequence, result: Some(result) }
+        })
+        .collect()
+}
+
+/// The answer to `req` once intake took it in.
+fn response(req: &pb::RaiseAlarmRequest, out: core::RaiseOutcome) -> ApiResult<pb::RaiseAlarmResponse> {
+    if out.duplicate && (out.incident.elder.as_str() != req.elder_id || Some(out.incident.kind) != alarm_kind_of(req)) {
         return Err(ApiError::AlreadyExists(format!(
             "idempotency_key: {} was already used for a different alarm ({})",
             req.idempotency_key, out.incident.id
@@ -90,6 +143,10 @@ pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResul
         duplicate: out.duplicate,
         merged: out.merged,
     })
+}
+
+fn alarm_kind_of(req: &pb::RaiseAlarmRequest) -> Option<core::AlarmKind> {
+    pb::AlarmKind::try_from(req.kind).ok().and_then(alarm_kind)
 }
 
 type AckStream = super::ResponseStream<pb::AlarmAck>;
@@ -118,31 +175,40 @@ impl pb::alarm_service_server::AlarmService for AlarmApi {
         tokio::spawn(async move {
             tokio::pin!(closed);
             let window = Arc::new(Semaphore::new(STREAM_WINDOW));
-            loop {
-                let next = tokio::select! {
+            let mut ended = false;
+            while !ended {
+                let first = tokio::select! {
                     m = input.next() => m,
                     _ = &mut closed => break,
                 };
-                let msg = match next {
-                    Some(Ok(m)) => m,
+                let mut batch = match first {
+                    Some(Ok(m)) => vec![m],
                     Some(Err(status)) => {
                         tracing::debug!(%status, "alarm stream ended by the client");
                         break;
                     }
                     None => break,
                 };
-                let Ok(permit) = window.clone().acquire_owned().await else { break };
+                // Whatever else has already arrived goes into the same batch.
+                while batch.len() < STREAM_BATCH {
+                    match input.next().now_or_never() {
+                        Some(Some(Ok(m))) => batch.push(m),
+                        Some(Some(Err(_)) | None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let Ok(permits) = window.clone().acquire_many_owned(batch.len() as u32).await else { break };
                 let (state, tx) = (state.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let (key, sequence) = (msg.idempotency_key.clone(), msg.sequence);
-                    let result = match raise(state, msg).await {
-                        Ok(r) => pb::alarm_ack::Result::Accepted(r),
-                        Err(e) => {
-                            pb::alarm_ack::Result::Error(pb::AckError { code: e.code() as i32, message: e.to_string() })
+                    for ack in raise_batch(state, batch).await {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
                         }
-                    };
-                    let _ = tx.send(Ok(pb::AlarmAck { idempotency_key: key, sequence, result: Some(result) })).await;
-                    drop(permit);
+                    }
+                    drop(permits);
                 });
             }
         });
