@@ -1,10 +1,15 @@
 //! Pipeline throughput: alarms from intake to the offer decision (dedup,
-//! merge check, lane admission, incident, match, claim, events), in memory
-//! with no journal, on a city of 100,000 caregivers (30% busy), from two
-//! ingest threads. Each measured batch is followed, outside the timing, by
+//! merge check, lane admission, incident, match, claim, events) on a city of
+//! 100,000 caregivers (30% busy), from two ingest threads taking alarms in
+//! as the gRPC stream does: `raise_batch` on what has arrived (here chunks of
+//! `CHUNK`). Each measured batch is followed, outside the timing, by
 //! cancelling its incidents so the caregivers it claimed are free again and
-//! every batch meets the same city. A second id runs the same while another
-//! thread moves caregivers continuously.
+//! every batch meets the same city.
+//!
+//! Ids: `100k_caregivers` (in memory, no journal); `100k_caregivers_with_moves`
+//! (the same while another thread moves caregivers continuously);
+//! `100k_caregivers_durable` (the embedded store as journal: SQLite, WAL,
+//! synchronous=FULL, group commit — every alarm durable before it is answered).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use rand::{Rng, SeedableRng};
 const CAREGIVERS: usize = 100_000;
 const BATCH: usize = 4_000;
 const THREADS: usize = 2;
+/// Alarms per `raise_batch` call.
+const CHUNK: usize = 256;
 /// Mix of a district: mostly urgent and routine, a share of critical (offered to two).
 const KINDS: [AlarmKind; 6] = [
     AlarmKind::SosButton,
@@ -58,7 +65,13 @@ fn raise_all(d: &Arc<Dispatcher>, batch: Vec<Alarm>) -> (Duration, Vec<IncidentI
         .map(|part| {
             let d = d.clone();
             thread::spawn(move || {
-                part.into_iter().filter_map(|a| d.raise(a).ok()).map(|o| o.incident.id).collect::<Vec<IncidentId>>()
+                let mut ids = Vec::with_capacity(part.len());
+                let mut part = part.into_iter().peekable();
+                while part.peek().is_some() {
+                    let chunk: Vec<Alarm> = part.by_ref().take(CHUNK).collect();
+                    ids.extend(d.raise_batch(chunk).into_iter().filter_map(|o| o.ok()).map(|o| o.incident.id));
+                }
+                ids
             })
         })
         .collect();
@@ -66,11 +79,29 @@ fn raise_all(d: &Arc<Dispatcher>, batch: Vec<Alarm>) -> (Duration, Vec<IncidentI
     (t.elapsed(), ids)
 }
 
-fn run(c: &mut Criterion, moving: bool) {
+/// Cancels `ids` from 32 threads (with a durable journal each cancel waits
+/// for its commit; concurrent ones share it).
+fn cancel_all(d: &Arc<Dispatcher>, ids: Vec<IncidentId>) {
+    let ids = Arc::new(ids);
+    let workers: Vec<_> = (0..32)
+        .map(|w| {
+            let (d, ids) = (d.clone(), ids.clone());
+            thread::spawn(move || {
+                for id in ids.iter().skip(w).step_by(32) {
+                    let _ = d.cancel(*id, "bench");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+fn run(c: &mut Criterion, id: &str, d: Arc<Dispatcher>, moving: bool) {
     let mut group = c.benchmark_group("pipeline_throughput");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
-    let d = benches::city(CAREGIVERS, 0.3, 1);
     let seq = AtomicU64::new(0);
     let mut rng = StdRng::seed_from_u64(4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -90,7 +121,6 @@ fn run(c: &mut Criterion, moving: bool) {
             moves as f64 / started.elapsed().as_secs_f64()
         })
     });
-    let id = if moving { "100k_caregivers_with_moves" } else { "100k_caregivers" };
     group.bench_function(BenchmarkId::from_parameter(id), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -98,9 +128,7 @@ fn run(c: &mut Criterion, moving: bool) {
                 let batch = alarms(&seq, &mut rng, BATCH);
                 let (t, ids) = raise_all(&d, batch);
                 total += t;
-                for id in ids {
-                    let _ = d.cancel(id, "bench");
-                }
+                cancel_all(&d, ids);
                 d.tick(); // drains deferred routine alarms, evicts nothing yet
             }
             // Per element: criterion divides by iters; the throughput line reports alarms/s.
@@ -115,8 +143,14 @@ fn run(c: &mut Criterion, moving: bool) {
 }
 
 fn pipeline_throughput(c: &mut Criterion) {
-    run(c, false);
-    run(c, true);
+    let d = benches::city(CAREGIVERS, 0.3, 1);
+    run(c, "100k_caregivers", d.clone(), false);
+    run(c, "100k_caregivers_with_moves", d, true);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let (store, writer, _) =
+        server::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store in {}: {e}", dir.path().display()));
+    run(c, "100k_caregivers_durable", benches::city_with_journal(CAREGIVERS, 0.3, 1, Arc::new(store)), false);
+    writer.close();
 }
 
 criterion_group!(benches, pipeline_throughput);

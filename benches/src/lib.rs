@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dispatch_core::{CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, GeoPoint, TravelMode};
+use dispatch_core::{CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, GeoPoint, Journal, TravelMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,9 +21,14 @@ pub fn caregiver_id(i: usize) -> CaregiverId {
 
 /// A dispatcher with `n` caregivers on duty, `busy` of them (a fraction) busy.
 pub fn city(n: usize, busy: f64, seed: u64) -> Arc<Dispatcher> {
+    city_with_journal(n, busy, seed, Arc::new(dispatch_core::NoJournal))
+}
+
+/// [`city`] writing its incident events to `journal`.
+pub fn city_with_journal(n: usize, busy: f64, seed: u64, journal: Arc<dyn Journal>) -> Arc<Dispatcher> {
     let d = Arc::new(Dispatcher::new(
         Default::default(),
-        Arc::new(dispatch_core::NoJournal),
+        journal,
         Arc::new(dispatch_core::NoSink),
         Arc::new(dispatch_core::SystemClock),
     ));

@@ -26,7 +26,7 @@ use crate::incident::{Alarm, EventKind, Incident, IncidentEvent};
 use crate::index::{GridIndex, MatchFilter};
 use crate::kpi::{KpiSnapshot, Kpis};
 use crate::lifecycle::IncidentState;
-use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef};
+use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef, StatusCounts};
 use crate::types::{
     AlarmKind, CaregiverId, CaregiverStatus, EscalationReason, IdempotencyKey, IncidentId, Outcome, Severity,
 };
@@ -251,6 +251,8 @@ pub struct Dispatcher {
     /// Open incident per (device or elder, kind), for merging repeats.
     by_source: DashMap<(String, AlarmKind), IncidentId>,
     roster: DashMap<CaregiverId, SlotRef>,
+    /// Caregivers per status (a zero proves nobody has it).
+    counts: Arc<StatusCounts>,
     skills: SkillTable,
     index: GridIndex,
     /// Deadlines of open incidents (offer expiry, arrival overdue, pending dispatch).
@@ -342,6 +344,7 @@ impl Dispatcher {
             open: DashMap::new(),
             by_source: DashMap::new(),
             roster: DashMap::new(),
+            counts: Arc::default(),
             skills: SkillTable::default(),
             index: GridIndex::default(),
             timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
@@ -371,7 +374,7 @@ impl Dispatcher {
             self.index.upsert(&slot); // the travel mode may have changed
             return false;
         }
-        let slot = Arc::new(CaregiverSlot::new(profile.clone(), mask));
+        let slot = Arc::new(CaregiverSlot::new(profile.clone(), mask, self.counts.clone()));
         match self.roster.entry(profile.id.clone()) {
             Entry::Occupied(e) => {
                 e.get().set_profile(profile, mask);
@@ -686,7 +689,10 @@ impl Dispatcher {
         let declined = inc.declined_by.clone();
         // The ladder's first rung: the usual radius, then the wide one.
         let radii = [self.config.max_radius_m, self.config.wide_radius_m.max(self.config.max_radius_m)];
-        for (rung, radius) in radii.into_iter().enumerate() {
+        // Nobody free anywhere (a storm): no search can find anyone.
+        let anyone = self.counts.get(CaregiverStatus::Available) > 0
+            || (critical && self.counts.get(CaregiverStatus::OnVisit) > 0);
+        for (rung, radius) in radii.into_iter().enumerate().filter(|_| anyone) {
             if rung == 1 && radius <= radii[0] {
                 break;
             }

@@ -614,7 +614,8 @@ mod tests {
         let p = GeoPoint::new("p", lat, lon).unwrap();
         let names = (0..3).filter(|b| skills & 1 << b != 0).map(|b| SKILLS[b].to_string()).collect();
         let id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
-        let s = Arc::new(CaregiverSlot::new(CaregiverProfile { id, skills: names, home: p, mode }, skills));
+        let s =
+            Arc::new(CaregiverSlot::new(CaregiverProfile { id, skills: names, home: p, mode }, skills, Arc::default()));
         s.set_duty(CaregiverStatus::Available).unwrap();
         s
     }

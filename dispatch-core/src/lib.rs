@@ -26,7 +26,7 @@ pub use incident::{Alarm, EventKind, Incident, IncidentEvent};
 pub use index::{Candidate, GridIndex, MatchFilter};
 pub use kpi::{KpiSnapshot, Latency};
 pub use lifecycle::IncidentState;
-pub use roster::{CaregiverProfile, CaregiverSlot};
+pub use roster::{CaregiverProfile, CaregiverSlot, StatusCounts};
 pub use supervision::{Heard, Offline, Supervisor, DEFAULT_MISSED_HEARTBEATS};
 pub use types::{
     AlarmKind, CaregiverId, CaregiverStatus, DeviceId, ElderId, EscalationReason, IdempotencyKey, IncidentId, Outcome,

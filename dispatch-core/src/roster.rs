@@ -5,7 +5,7 @@
 //! compare-and-swap of the status from a free state to `Busy`; the only way to
 //! free one is [`CaregiverSlot::release`] by the incident that holds it.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -41,6 +41,7 @@ pub struct CaregiverSlot {
     /// Where the index has filed this slot (`None` before its first upsert).
     /// The lock serialises the index's moves of one caregiver.
     pub(crate) filed: Mutex<Option<Filing>>,
+    counts: Arc<StatusCounts>,
     profile: RwLock<CaregiverProfile>,
 }
 
@@ -61,7 +62,8 @@ fn mode_to_u8(m: TravelMode) -> u8 {
 }
 
 impl CaregiverSlot {
-    pub(crate) fn new(profile: CaregiverProfile, skills_mask: u64) -> Self {
+    pub(crate) fn new(profile: CaregiverProfile, skills_mask: u64, counts: Arc<StatusCounts>) -> Self {
+        counts.enter(CaregiverStatus::OffDuty as u8);
         CaregiverSlot {
             id: profile.id.clone(),
             status: AtomicU8::new(CaregiverStatus::OffDuty as u8),
@@ -71,6 +73,7 @@ impl CaregiverSlot {
             mode: AtomicU8::new(mode_to_u8(profile.mode)),
             skills_mask: AtomicU64::new(skills_mask),
             filed: Mutex::new(None),
+            counts,
             profile: RwLock::new(profile),
         }
     }
@@ -131,15 +134,13 @@ impl CaregiverSlot {
     /// `Available` (or `OnVisit` when `preempt_visit`), atomically.
     pub fn try_claim(&self, incident: IncidentId, preempt_visit: bool) -> bool {
         let busy = CaregiverStatus::Busy as u8;
-        let claimed = self
-            .status
-            .compare_exchange(CaregiverStatus::Available as u8, busy, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            || (preempt_visit
-                && self
-                    .status
-                    .compare_exchange(CaregiverStatus::OnVisit as u8, busy, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok());
+        self.counts.enter(busy);
+        let from = [CaregiverStatus::Available, CaregiverStatus::OnVisit]
+            .into_iter()
+            .take(if preempt_visit { 2 } else { 1 })
+            .find(|from| self.status.compare_exchange(*from as u8, busy, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        let claimed = from.is_some();
+        self.counts.leave(from.map_or(busy, |f| f as u8));
         if claimed {
             let prev = self.active.swap(incident.0, Ordering::AcqRel);
             debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
@@ -150,7 +151,9 @@ impl CaregiverSlot {
     /// Frees the caregiver if, and only if, `incident` holds it. Returns whether it did.
     pub fn release(&self, incident: IncidentId) -> bool {
         if self.active.compare_exchange(incident.0, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.status.store(CaregiverStatus::Available as u8, Ordering::Release);
+            self.counts.enter(CaregiverStatus::Available as u8);
+            let from = self.status.swap(CaregiverStatus::Available as u8, Ordering::AcqRel);
+            self.counts.leave(from);
             true
         } else {
             false
@@ -160,7 +163,9 @@ impl CaregiverSlot {
     /// Restores a claim read back from the journal after a restart.
     pub(crate) fn restore_claim(&self, incident: IncidentId) {
         self.active.store(incident.0, Ordering::Release);
-        self.status.store(CaregiverStatus::Busy as u8, Ordering::Release);
+        self.counts.enter(CaregiverStatus::Busy as u8);
+        let from = self.status.swap(CaregiverStatus::Busy as u8, Ordering::AcqRel);
+        self.counts.leave(from);
     }
 
     /// Sets a duty status chosen by the caregiver. Refused while the caregiver
@@ -168,12 +173,17 @@ impl CaregiverSlot {
     pub(crate) fn set_duty(&self, status: CaregiverStatus) -> Result<(), IncidentId> {
         debug_assert!(status != CaregiverStatus::Busy);
         let mut cur = self.status.load(Ordering::Acquire);
+        self.counts.enter(status as u8);
         loop {
             if cur == CaregiverStatus::Busy as u8 {
+                self.counts.leave(status as u8);
                 return Err(self.active_incident().unwrap_or(IncidentId(0)));
             }
             match self.status.compare_exchange(cur, status as u8, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.counts.leave(cur);
+                    return Ok(());
+                }
                 Err(now) => cur = now,
             }
         }
@@ -181,6 +191,29 @@ impl CaregiverSlot {
 }
 
 /// Interns skill tags into bits, so the match filter is one AND. Up to 64 skills.
+/// Caregivers per status across a roster, kept by the slots' transitions.
+/// A count is raised before a slot enters the status and lowered after it
+/// leaves it, so at any instant it is at least the true number: a zero
+/// proves that nobody has the status (dispatch then skips the index search,
+/// which is what keeps a storm in which everyone is busy cheap), and at rest
+/// the counts are exact.
+#[derive(Debug, Default)]
+pub struct StatusCounts([AtomicI64; 4]);
+
+impl StatusCounts {
+    pub fn get(&self, status: CaregiverStatus) -> i64 {
+        self.0[status as usize].load(Ordering::SeqCst)
+    }
+
+    fn enter(&self, status: u8) {
+        self.0[status as usize & 3].fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn leave(&self, status: u8) {
+        self.0[status as usize & 3].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SkillTable {
     bits: DashMap<String, u8>,
@@ -220,7 +253,7 @@ mod tests {
             home: GeoPoint::new("home", 43.88, 125.37).unwrap(),
             mode: TravelMode::Bike,
         };
-        CaregiverSlot::new(profile, 0)
+        CaregiverSlot::new(profile, 0, Arc::default())
     }
 
     #[test]
@@ -237,6 +270,56 @@ mod tests {
         s.set_duty(CaregiverStatus::OnVisit).unwrap();
         assert!(!s.try_claim(IncidentId(3), false));
         assert!(s.try_claim(IncidentId(3), true));
+    }
+
+    #[test]
+    fn status_counts_follow_every_transition_and_never_undercount() {
+        let counts: Arc<StatusCounts> = Arc::default();
+        let slots: Vec<Arc<CaregiverSlot>> = (0..8)
+            .map(|i| {
+                let mut p = slot().profile();
+                p.id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
+                Arc::new(CaregiverSlot::new(p, 0, counts.clone()))
+            })
+            .collect();
+        let truth = |s: CaregiverStatus| slots.iter().filter(|x| x.status() == s).count() as i64;
+        let all =
+            [CaregiverStatus::OffDuty, CaregiverStatus::Available, CaregiverStatus::Busy, CaregiverStatus::OnVisit];
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (slots, counts) = (slots.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    let mut x = t * 7919 + 1;
+                    for n in 0..20_000u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let s = &slots[(x % 8) as usize];
+                        let inc = IncidentId(t * 1_000_000 + n + 1);
+                        match (x >> 8) % 4 {
+                            0 => {
+                                if s.try_claim(inc, x & 1 == 0) {
+                                    s.release(inc);
+                                }
+                            }
+                            1 => drop(s.set_duty(CaregiverStatus::Available)),
+                            2 => drop(s.set_duty(CaregiverStatus::OnVisit)),
+                            _ => drop(s.set_duty(CaregiverStatus::OffDuty)),
+                        }
+                        // Whatever the others are doing, a zero count is never wrong.
+                        if counts.get(CaregiverStatus::Available) == 0 {
+                            assert_ne!(s.status(), CaregiverStatus::Available, "a zero count hid a free caregiver");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for s in all {
+            assert_eq!(counts.get(s), truth(s), "{s:?} at rest");
+        }
     }
 
     #[test]

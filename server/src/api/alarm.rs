@@ -34,12 +34,11 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
         .ok_or_else(|| ApiError::invalid("kind", format!("{} is not an alarm kind", req.kind)))?;
     text("detail", &req.detail, MAX_DETAIL_BYTES)?;
     let location = geo_opt("location", req.location.as_ref())?;
-    let elder = state
-        .registry
-        .elders
-        .get(elder_id.as_str())
-        .map(|e| e.clone())
-        .ok_or_else(|| ApiError::NotFound { what: "elder_id: elder", id: elder_id.to_string() })?;
+    // Only the elder's registered location is needed: read it in place.
+    let home = match state.registry.elders.get(elder_id.as_str()) {
+        Some(e) => e.location,
+        None => return Err(ApiError::NotFound { what: "elder_id: elder", id: elder_id.to_string() }),
+    };
     let device = if req.device_id.is_empty() {
         None
     } else {
@@ -47,18 +46,15 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
         let bound = state.registry.devices.get(d.as_str()).map(|x| x.elder_id.clone());
         match bound {
             None => return Err(ApiError::NotFound { what: "device_id: device", id: d.to_string() }),
-            Some(e) if e != elder.id => {
-                return Err(ApiError::invalid(
-                    "device_id",
-                    format!("device {d} is bound to elder {e}, not {}", elder.id),
-                ))
+            Some(e) if e != elder_id.as_str() => {
+                return Err(ApiError::invalid("device_id", format!("device {d} is bound to elder {e}, not {elder_id}")))
             }
             Some(_) => Some(d),
         }
     };
     let location = match location {
         Some(l) => l,
-        None => crate::convert::geo("elder.location", elder.location.as_ref())?,
+        None => crate::convert::geo("elder.location", home.as_ref())?,
     };
     if req.occurred_unix_ms < 0 {
         return Err(ApiError::invalid("occurred_unix_ms", "must not be negative"));
