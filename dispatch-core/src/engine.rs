@@ -151,8 +151,10 @@ impl Default for DispatchConfig {
             wide_radius_m: 60_000.0,
             handoff_critical_ms: 180_000,
             handoff_urgent_ms: 900_000,
-            routine_lane: 64,
-            urgent_lane: 256,
+            // Places count alarms staged in batches too (a stream takes in up to
+            // 1,024 at once): sized for ~10 ms of intake at a few 100k alarms/s.
+            routine_lane: 4096,
+            urgent_lane: 8192,
             max_deferred: 100_000,
             retain_closed_ms: 600_000,
             candidates: 8,
@@ -202,6 +204,10 @@ enum KeyState {
 
 type IncidentCell = Arc<Mutex<Option<Incident>>>;
 
+/// The dispatcher's concurrent maps, hashed with foldhash (randomly seeded
+/// per map, several times faster than SipHash on short ids and keys).
+type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
 /// Alarms staged by one `raise_batch` call, most per journal append.
 const MAX_RUN: usize = 1024;
 
@@ -245,12 +251,12 @@ pub struct Dispatcher {
     sink: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
-    keys: DashMap<IdempotencyKey, Arc<Mutex<KeyState>>>,
-    incidents: DashMap<IncidentId, IncidentCell>,
-    open: DashMap<IncidentId, ()>,
+    keys: Map<IdempotencyKey, Arc<Mutex<KeyState>>>,
+    incidents: Map<IncidentId, IncidentCell>,
+    open: Map<IncidentId, ()>,
     /// Open incident per (device or elder, kind), for merging repeats.
-    by_source: DashMap<(String, AlarmKind), IncidentId>,
-    roster: DashMap<CaregiverId, SlotRef>,
+    by_source: Map<(String, AlarmKind), IncidentId>,
+    roster: Map<CaregiverId, SlotRef>,
     /// Caregivers per status (a zero proves nobody has it).
     counts: Arc<StatusCounts>,
     skills: SkillTable,
@@ -339,11 +345,11 @@ impl Dispatcher {
             sink,
             clock: clock.clone(),
             next_id: AtomicU64::new(0),
-            keys: DashMap::new(),
-            incidents: DashMap::new(),
-            open: DashMap::new(),
-            by_source: DashMap::new(),
-            roster: DashMap::new(),
+            keys: Map::default(),
+            incidents: Map::default(),
+            open: Map::default(),
+            by_source: Map::default(),
+            roster: Map::default(),
             counts: Arc::default(),
             skills: SkillTable::default(),
             index: GridIndex::default(),
@@ -630,9 +636,9 @@ impl Dispatcher {
         match self.journal.append(&events) {
             Ok(()) => {
                 let mut held = Vec::with_capacity(staged.len());
-                for mut s in staged {
-                    let inc = s.next.clone();
-                    let merged = s.lane.is_none();
+                for s in staged {
+                    let Staged { slot, mut key_guard, mut guard, next: inc, lane, .. } = s;
+                    let merged = lane.is_none();
                     if merged {
                         self.kpis.merged.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -649,10 +655,10 @@ impl Dispatcher {
                             self.timers.schedule(d, inc.id);
                         }
                     }
-                    *s.key_guard = KeyState::Done(inc.id);
-                    out[s.slot] = Some(Ok(RaiseOutcome { incident: s.next.clone(), duplicate: false, merged }));
-                    *s.guard = Some(inc);
-                    held.push(s);
+                    *key_guard = KeyState::Done(inc.id);
+                    *guard = Some(inc.clone());
+                    out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
+                    held.push((key_guard, guard, lane));
                 }
                 self.sink.publish(&events);
             }
@@ -698,10 +704,12 @@ impl Dispatcher {
             }
             let filter =
                 MatchFilter { skill: None, exclude: &declined, allow_on_visit: critical, max_radius_m: radius };
-            // Claims can lose races with other incidents; look again a few times.
-            for _ in 0..3 {
-                let candidates =
-                    self.index.nearest(&inc.location, self.config.candidates, &filter, &self.config.travel);
+            // Claims can lose races with other incidents: the first look asks only
+            // for as many as are offered plus one (a small search), later looks
+            // for `candidates`.
+            for attempt in 0..3 {
+                let k = if attempt == 0 { usize::from(critical) + 2 } else { self.config.candidates };
+                let candidates = self.index.nearest(&inc.location, k, &filter, &self.config.travel);
                 if candidates.is_empty() {
                     break;
                 }

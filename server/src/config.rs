@@ -22,8 +22,8 @@ use serde::Deserialize;
 /// max_offers = 5
 /// tick_ms = 500
 /// wide_radius_km = 60      # first rung of the escalation ladder
-/// routine_lane = 64        # routine alarms taken in at once; more are DEFERRED
-/// urgent_lane = 256        # urgent alarms taken in at once; more wait
+/// routine_lane = 4096      # routine alarms taken in at once; more are DEFERRED
+/// urgent_lane = 8192       # urgent alarms taken in at once; more wait
 /// max_deferred = 100000    # beyond it routine alarms get RESOURCE_EXHAUSTED
 /// retain_closed_s = 600    # closed incidents stay in memory this long, then are read from the store
 /// [planning]

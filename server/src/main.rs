@@ -15,8 +15,8 @@ use server::config::{log_format, Config, RawConfig};
 #[derive(Debug, Parser)]
 #[command(name = "anxin", version, about, long_about)]
 struct Cli {
-    /// TOML config file (keys: listen, data_dir, log_format, otlp_endpoint, [dispatch] offer_timeout_s,
-    /// merge_window_s, max_radius_km, max_offers, tick_ms).
+    /// TOML config file: listen, data_dir, log_format, otlp_endpoint, a [dispatch] and a [planning]
+    /// table (every key is listed in the README, "Usage").
     #[arg(long, global = true, env = "ANXIN_CONFIG")]
     config: Option<PathBuf>,
     /// Log format: text or json.
