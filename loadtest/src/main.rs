@@ -85,6 +85,15 @@ struct RunArgs {
     elders: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A caregiver's pace, seconds: from an offer to accepting it, from accepting to arriving, and
+    /// from arriving to resolving, each drawn from [0.5, 1.5] x this. Real caregivers take minutes;
+    /// 0 acts at once (the heaviest load per alarm: three more durable calls right away).
+    #[arg(long, default_value_t = 2.0)]
+    pace_s: f64,
+    /// Every caregiver app sends a position fix about this often (a walk of up to ~100 m each time)
+    /// on its UpdateLocation stream; 0 keeps caregivers still.
+    #[arg(long, default_value_t = 5.0)]
+    move_every_s: f64,
     /// Requests in flight in unary mode; gateway streams in stream mode.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -182,7 +191,12 @@ fn near(rng: &mut StdRng, km: f64) -> pb::GeoPoint {
     }
 }
 
-async fn seed(channel: &Channel, a: &RunArgs, run_id: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// Seeds the registry; returns the elder ids and the caregivers with their home points.
+async fn seed(
+    channel: &Channel,
+    a: &RunArgs,
+    run_id: &str,
+) -> anyhow::Result<(Vec<String>, Vec<(String, pb::GeoPoint)>)> {
     let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
     let mut rng = StdRng::seed_from_u64(a.seed);
     let elders: Vec<pb::Elder> = (0..a.elders)
@@ -206,37 +220,50 @@ async fn seed(channel: &Channel, a: &RunArgs, run_id: &str) -> anyhow::Result<(V
     for r in results {
         r.context("seeding elders")?;
     }
-    let mut cg_ids = Vec::new();
-    let mut cg = pb::caregiver_service_client::CaregiverServiceClient::new(channel.clone());
-    let mut reg = reg;
-    for i in 0..a.caregivers {
-        let id = format!("{run_id}-C{i}");
-        let home = near(&mut rng, 8.0);
-        let c = pb::Caregiver {
-            id: id.clone(),
-            home: Some(home),
-            mode: [pb::TravelMode::Walk, pb::TravelMode::Bike, pb::TravelMode::Car][i % 3] as i32,
-            ..Default::default()
-        };
-        reg.upsert_caregiver(pb::UpsertCaregiverRequest { caregiver: Some(c) }).await.context("seeding caregivers")?;
-        cg.set_status(pb::SetStatusRequest {
-            caregiver_id: id.clone(),
-            status: pb::CaregiverStatus::Available as i32,
-            location: Some(home),
+    let cgs: Vec<(String, pb::GeoPoint)> =
+        (0..a.caregivers).map(|i| (format!("{run_id}-C{i}"), near(&mut rng, 8.0))).collect();
+    let app = pb::caregiver_service_client::CaregiverServiceClient::new(channel.clone());
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(cgs.iter().cloned().enumerate())
+        .map(|(i, (id, home))| {
+            let (mut reg, mut app) = (reg.clone(), app.clone());
+            async move {
+                let c = pb::Caregiver {
+                    id: id.clone(),
+                    home: Some(home),
+                    mode: [pb::TravelMode::Walk, pb::TravelMode::Bike, pb::TravelMode::Car][i % 3] as i32,
+                    ..Default::default()
+                };
+                reg.upsert_caregiver(pb::UpsertCaregiverRequest { caregiver: Some(c) }).await?;
+                app.set_status(pb::SetStatusRequest {
+                    caregiver_id: id,
+                    status: pb::CaregiverStatus::Available as i32,
+                    location: Some(home),
+                })
+                .await?;
+                Ok(())
+            }
         })
-        .await?;
-        cg_ids.push(id);
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in results {
+        r.context("seeding caregivers")?;
     }
+    let cg_ids = cgs;
     Ok((ids, cg_ids))
 }
 
-/// A caregiver app: accepts most offers and resolves at once, declines some.
-async fn caregiver(channel: Channel, id: String, seed: u64, deadline: Instant) {
+/// A caregiver app: declines some offers; accepts the others, arrives and
+/// resolves, each step after a human pause of `pace_s` (drawn from [0.5, 1.5]
+/// x pace). An offer withdrawn meanwhile (the other caregiver of a critical
+/// alarm accepted first) just fails the next step.
+async fn caregiver(channel: Channel, id: String, seed: u64, pace_s: f64, deadline: Instant) {
     let mut app = pb::caregiver_service_client::CaregiverServiceClient::new(channel.clone());
     let mut d = pb::dispatch_service_client::DispatchServiceClient::new(channel);
     let Ok(r) = app.watch_assignments(pb::WatchAssignmentsRequest { caregiver_id: id.clone() }).await else { return };
     let mut feed = r.into_inner();
     let mut rng = StdRng::seed_from_u64(seed);
+    let pause = |rng: &mut StdRng| Duration::from_secs_f64(pace_s * rng.random_range(0.5..1.5));
     while let Ok(Some(Ok(ev))) = tokio::time::timeout_at(deadline.into(), feed.next()).await {
         if ev.kind != pb::AssignmentEventKind::Offer as i32 {
             continue;
@@ -244,21 +271,52 @@ async fn caregiver(channel: Channel, id: String, seed: u64, deadline: Instant) {
         let Some(inc) = ev.incident else { continue };
         let act =
             pb::IncidentActionRequest { incident_id: inc.id.clone(), caregiver_id: id.clone(), note: String::new() };
+        tokio::time::sleep(pause(&mut rng)).await;
         if rng.random_bool(0.05) {
             let _ = d.decline_incident(act).await;
             continue;
         }
-        if d.accept_incident(act.clone()).await.is_ok() && d.mark_arrived(act).await.is_ok() {
-            let _ = d
-                .resolve_incident(pb::ResolveIncidentRequest {
-                    incident_id: inc.id,
-                    caregiver_id: id.clone(),
-                    outcome: pb::ResolutionOutcome::Assisted as i32,
-                    note: String::new(),
-                })
-                .await;
+        if d.accept_incident(act.clone()).await.is_err() {
+            continue;
         }
+        tokio::time::sleep(pause(&mut rng)).await;
+        if d.mark_arrived(act).await.is_err() {
+            continue;
+        }
+        tokio::time::sleep(pause(&mut rng)).await;
+        let _ = d
+            .resolve_incident(pb::ResolveIncidentRequest {
+                incident_id: inc.id,
+                caregiver_id: id.clone(),
+                outcome: pb::ResolutionOutcome::Assisted as i32,
+                note: String::new(),
+            })
+            .await;
     }
+}
+
+/// A caregiver on the move: a position fix about every `every_s` seconds on
+/// one UpdateLocation stream, each up to ~100 m from the last, until `until`.
+async fn mover(channel: Channel, id: String, home: pb::GeoPoint, seed: u64, every_s: f64, until: Instant) {
+    let mut app = pb::caregiver_service_client::CaregiverServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::LocationUpdate>(4);
+    let call = tokio::spawn(async move { app.update_location(ReceiverStream::new(rx)).await });
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(7));
+    let mut at = home;
+    // Spread the first fixes over one interval so the caregivers do not move in lockstep.
+    let mut next = Instant::now() + Duration::from_secs_f64(every_s * rng.random::<f64>());
+    while next < until {
+        tokio::time::sleep_until(next.into()).await;
+        at.lat += rng.random_range(-0.0009..0.0009);
+        at.lon += rng.random_range(-0.0012..0.0012);
+        let fix = pb::LocationUpdate { caregiver_id: id.clone(), location: Some(at), ..Default::default() };
+        if tx.send(fix).await.is_err() {
+            break;
+        }
+        next += Duration::from_secs_f64(every_s * rng.random_range(0.5..1.5));
+    }
+    drop(tx);
+    let _ = call.await;
 }
 
 fn alarm_for(rng: &mut StdRng, elders: &[String], key: String, storm: bool) -> pb::RaiseAlarmRequest {
@@ -300,6 +358,12 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.elders == 0 || a.caregivers == 0 || a.concurrency == 0 {
         bail!("--elders, --caregivers and --concurrency must be at least 1");
     }
+    if !(0.0..=600.0).contains(&a.pace_s) {
+        bail!("--pace-s: {} is not in [0, 600] seconds", a.pace_s);
+    }
+    if !(a.move_every_s == 0.0 || (0.1..=3600.0).contains(&a.move_every_s)) {
+        bail!("--move-every-s: {} is neither 0 nor in [0.1, 3600] seconds", a.move_every_s);
+    }
     let channel = connect(&a.target).await?;
     let run_id = format!("lt{}-{}", a.seed, std::process::id());
     eprintln!("seeding {} elders and {} caregivers ...", a.elders, a.caregivers);
@@ -328,8 +392,12 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let total = Duration::from_secs_f64(a.duration);
     let start = Instant::now();
     let apps_deadline = start + total + Duration::from_secs(30);
-    for (i, id) in cgs.into_iter().enumerate() {
-        tokio::spawn(caregiver(channel.clone(), id, a.seed ^ i as u64, apps_deadline));
+    for (i, (id, home)) in cgs.into_iter().enumerate() {
+        let seed = a.seed ^ i as u64;
+        if a.move_every_s > 0.0 {
+            tokio::spawn(mover(channel.clone(), id.clone(), home, seed, a.move_every_s, start + total));
+        }
+        tokio::spawn(caregiver(channel.clone(), id, seed, a.pace_s, apps_deadline));
     }
     // Senders: each owns a share of the rate and paces itself.
     let senders = a.concurrency.clamp(1, 64);

@@ -21,6 +21,9 @@ use crate::convert::{event_kind_pb, incident_from_pb, incident_pb};
 /// Largest number of write requests committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Tables made by older builds differ only in cost (`incident_events.seq` was
+/// AUTOINCREMENT, `alarm_keys` had a rowid): events are never deleted, so
+/// plain rowids stay increasing, and one key B-tree replaces two.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS elders (id TEXT PRIMARY KEY, body BLOB NOT NULL);
@@ -31,10 +34,10 @@ CREATE INDEX IF NOT EXISTS devices_by_elder ON devices (elder_id);
 CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
     caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS incidents_by_state ON incidents (state);
-CREATE TABLE IF NOT EXISTS incident_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, incident_id INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS incident_events (seq INTEGER PRIMARY KEY, incident_id INTEGER NOT NULL,
     kind INTEGER NOT NULL, at_ms INTEGER NOT NULL, caregiver_id TEXT, note TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_by_incident ON incident_events (incident_id);
-CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS plans (job_id TEXT PRIMARY KEY, month TEXT NOT NULL, created_ms INTEGER NOT NULL,
     phase INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL DEFAULT 0,
     input TEXT, plan TEXT, suggestions TEXT);
