@@ -636,6 +636,8 @@ impl Dispatcher {
         match self.journal.append(&events) {
             Ok(()) => {
                 let mut held = Vec::with_capacity(staged.len());
+                let mut timers = Vec::with_capacity(staged.len());
+                let mut opened = Vec::with_capacity(staged.len());
                 for s in staged {
                     let Staged { slot, mut key_guard, mut guard, next: inc, lane, .. } = s;
                     let merged = lane.is_none();
@@ -645,21 +647,28 @@ impl Dispatcher {
                         if inc.state == IncidentState::Deferred {
                             self.deferred.push(inc.id);
                         }
-                        self.kpis.observe(None, &inc);
                         self.open.insert(inc.id, ());
                         self.by_source.insert(
                             source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind),
                             inc.id,
                         );
                         if let Some(d) = self.deadline(&inc) {
-                            self.timers.schedule(d, inc.id);
+                            timers.push((d, inc.id));
                         }
                     }
                     *key_guard = KeyState::Done(inc.id);
                     *guard = Some(inc.clone());
-                    out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
                     held.push((key_guard, guard, lane));
+                    if !merged {
+                        opened.push(slot);
+                    }
+                    out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
                 }
+                // Counted and scheduled together: one lock of the histogram and
+                // of each timer bucket per run, not per alarm.
+                self.kpis
+                    .observe_opened(opened.iter().filter_map(|i| out[*i].as_ref()?.as_ref().ok()).map(|o| &o.incident));
+                self.timers.schedule_all(timers);
                 self.sink.publish(&events);
             }
             Err(e) => {

@@ -125,11 +125,31 @@ impl Default for Kpis {
 impl Kpis {
     /// Counts what changed from `before` (None: a new or restored incident) to `after`.
     pub fn observe(&self, before: Option<&Incident>, after: &Incident) {
-        let newly = |f: fn(&Incident) -> Option<i64>| f(after).filter(|_| before.and_then(f).is_none());
-        if let Some(t) = newly(|i| i.first_offered_ms) {
-            self.offered.fetch_add(1, Ordering::Relaxed);
-            record(&self.to_first_offer, t - after.received_ms);
+        if let Some(ms) = self.count(before, after) {
+            record(&self.to_first_offer, ms);
         }
+    }
+
+    /// `observe(None, ..)` for each incident a batch opened, taking the
+    /// histogram's lock once.
+    pub fn observe_opened<'a>(&self, opened: impl IntoIterator<Item = &'a Incident>) {
+        let firsts: Vec<i64> = opened.into_iter().filter_map(|i| self.count(None, i)).collect();
+        if !firsts.is_empty() {
+            let mut h = self.to_first_offer.lock();
+            for ms in firsts {
+                h.saturating_record(ms.max(1) as u64);
+            }
+        }
+    }
+
+    /// Counts the change, except the receipt-to-first-offer time of an
+    /// incident offered for the first time, which it returns.
+    fn count(&self, before: Option<&Incident>, after: &Incident) -> Option<i64> {
+        let newly = |f: fn(&Incident) -> Option<i64>| f(after).filter(|_| before.and_then(f).is_none());
+        let first_offer = newly(|i| i.first_offered_ms).map(|t| {
+            self.offered.fetch_add(1, Ordering::Relaxed);
+            t - after.received_ms
+        });
         if let Some(t) = newly(|i| i.accepted_ms) {
             let waited = t - after.received_ms;
             if waited <= 60_000 {
@@ -154,6 +174,7 @@ impl Kpis {
                 _ => 0,
             };
         }
+        first_offer
     }
 
     /// A snapshot; `open` counts the open incidents by state.

@@ -45,6 +45,22 @@ impl<T> TimerWheel<T> {
         self.bucket(tick).lock().push((deadline_ms, item));
     }
 
+    /// Schedules many entries, taking each bucket's lock once per run of
+    /// entries that fall in it (a batch's deadlines mostly share one tick).
+    pub fn schedule_all(&self, entries: impl IntoIterator<Item = (i64, T)>) {
+        let cursor = self.cursor.read();
+        let tick_of = |deadline: i64| deadline.div_euclid(self.tick_ms).max(*cursor + 1);
+        let mut entries = entries.into_iter().peekable();
+        while let Some((deadline, item)) = entries.next() {
+            let tick = tick_of(deadline);
+            let mut bucket = self.bucket(tick).lock();
+            bucket.push((deadline, item));
+            while let Some(next) = entries.next_if(|(d, _)| tick_of(*d) == tick) {
+                bucket.push(next);
+            }
+        }
+    }
+
     /// Moves every entry due at `now_ms` into `out` (with its deadline).
     pub fn expire(&self, now_ms: i64, out: &mut Vec<(i64, T)>) {
         let mut cursor = self.cursor.write();
@@ -106,7 +122,7 @@ mod tests {
     }
 
     proptest! {
-        /// Random schedules and expiries against a plain list: each entry comes
+        /// Random schedules (single and batched) and expiries against a plain list: each entry comes
         /// out exactly once, at the first expire whose time reaches its deadline.
         #[test]
         fn matches_a_naive_timer_list(
@@ -120,8 +136,15 @@ mod tests {
             for (n, (is_schedule, x)) in ops.into_iter().enumerate() {
                 if is_schedule {
                     let deadline = now + x - 1_000;
-                    w.schedule(deadline, n);
-                    naive.push((deadline, n));
+                    if x % 3 == 0 {
+                        // A batch: two entries in one tick, one several ticks on.
+                        let batch = [(deadline, n * 10 + 1), (deadline + tick / 2, n * 10 + 2), (deadline + 7 * tick, n * 10 + 3)];
+                        w.schedule_all(batch);
+                        naive.extend(batch);
+                    } else {
+                        w.schedule(deadline, n * 10);
+                        naive.push((deadline, n * 10));
+                    }
                 } else {
                     now += x / 10;
                     let mut got = Vec::new();
