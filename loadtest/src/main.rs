@@ -94,6 +94,10 @@ struct RunArgs {
     /// on its UpdateLocation stream; 0 keeps caregivers still.
     #[arg(long, default_value_t = 5.0)]
     move_every_s: f64,
+    /// Stream mode: alarms sent but not yet acknowledged on one gateway stream, at most (a
+    /// gateway's buffer); beyond it the gateway waits for acknowledgements.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
     /// Requests in flight in unary mode; gateway streams in stream mode.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -136,6 +140,8 @@ struct Stats {
     rejected: AtomicU64,
     assigned: AtomicU64,
     escalated: AtomicU64,
+    /// Alarms sent again (same key) on a new stream after the old one broke.
+    resent: AtomicU64,
     ack_us: Mutex<Histogram<u64>>,
     assign_us: Mutex<Histogram<u64>>,
     acked_log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
@@ -355,8 +361,8 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     if !(a.duration > 0.0 && a.duration <= 3600.0) {
         bail!("--duration: {} is not in (0, 3600] seconds", a.duration);
     }
-    if a.elders == 0 || a.caregivers == 0 || a.concurrency == 0 {
-        bail!("--elders, --caregivers and --concurrency must be at least 1");
+    if a.elders == 0 || a.caregivers == 0 || a.concurrency == 0 || a.window == 0 {
+        bail!("--elders, --caregivers, --concurrency and --window must be at least 1");
     }
     if !(0.0..=600.0).contains(&a.pace_s) {
         bail!("--pace-s: {} is not in [0, 600] seconds", a.pace_s);
@@ -385,6 +391,7 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         rejected: AtomicU64::new(0),
         assigned: AtomicU64::new(0),
         escalated: AtomicU64::new(0),
+        resent: AtomicU64::new(0),
         ack_us: Mutex::new(hist()?),
         assign_us: Mutex::new(hist()?),
         acked_log,
@@ -447,6 +454,7 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         "sent": sent,
         "acked": acked,
         "rejected": rejected,
+        "resent": stats.resent.load(Ordering::Relaxed),
         "assigned": stats.assigned.load(Ordering::Relaxed),
         "escalated": stats.escalated.load(Ordering::Relaxed),
         "lost": sent - acked - rejected,
@@ -463,6 +471,73 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(if sent == acked + rejected { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
+/// A gateway's alarm awaiting its ack: key, first send time, place in the
+/// window, and the request itself (sent again if the stream breaks).
+type Pending = (String, Instant, tokio::sync::OwnedSemaphorePermit, pb::RaiseAlarmRequest);
+type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
+
+/// How long a gateway keeps trying to reopen its stream after it broke.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// One open StreamAlarms call: the request side and the task reading acks
+/// (it returns true when the server closed the stream, false when the stream
+/// broke or fell silent for `ACK_SILENCE`).
+struct Link {
+    tx: mpsc::Sender<pb::RaiseAlarmRequest>,
+    reader: tokio::task::JoinHandle<bool>,
+}
+
+/// Opens a stream, retrying for `RECONNECT_FOR` (the server may be
+/// restarting), and sends every alarm still pending on it again with its key:
+/// the server answers a retry of a stored alarm as a duplicate of it, and
+/// takes in one it never stored. A real gateway does the same.
+async fn open_link(
+    client: &mut pb::alarm_service_client::AlarmServiceClient<Channel>,
+    pending: &PendingMap,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Link> {
+    let give_up = Instant::now() + RECONNECT_FOR;
+    loop {
+        let (tx, rx) = mpsc::channel::<pb::RaiseAlarmRequest>(4096);
+        match client.stream_alarms(ReceiverStream::new(rx)).await {
+            Ok(r) => {
+                let mut acks = r.into_inner();
+                let (stats2, pending2) = (stats.clone(), pending.clone());
+                // Ends with the stream, or after ACK_SILENCE without an ack.
+                let reader = tokio::spawn(async move {
+                    loop {
+                        match tokio::time::timeout(ACK_SILENCE, acks.next()).await {
+                            Ok(Some(Ok(ack))) => {
+                                if let Some((key, t, _slot, _)) = pending2.lock().remove(&ack.sequence) {
+                                    stats2.ack(&key, t, ack.result);
+                                }
+                            }
+                            Ok(None) => return true,
+                            Ok(Some(Err(_))) | Err(_) => return false,
+                        }
+                    }
+                });
+                let mut again: Vec<(u64, pb::RaiseAlarmRequest)> =
+                    pending.lock().iter().map(|(n, p)| (*n, p.3.clone())).collect();
+                again.sort_unstable_by_key(|(n, _)| *n);
+                stats.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+                for (_, req) in again {
+                    if tx.send(req).await.is_err() {
+                        break; // broke again: the caller reopens
+                    }
+                }
+                return Ok(Link { tx, reader });
+            }
+            // Expected while the server restarts: try again shortly.
+            Err(_) if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(status) => bail!("StreamAlarms: {status} (gave up after {} s)", RECONNECT_FOR.as_secs()),
+        }
+    }
+}
+
+/// A stream that has sent nothing back for this long is given up on.
+const ACK_SILENCE: Duration = Duration::from_secs(30);
+
 #[allow(clippy::too_many_arguments)]
 async fn sender(
     s: usize,
@@ -478,22 +553,9 @@ async fn sender(
     let mut rng = StdRng::seed_from_u64(a.seed.wrapping_add(1000 + s as u64));
     let mut n = 0u64;
     let mut client = pb::alarm_service_client::AlarmServiceClient::new(channel);
-    let pending: Arc<Mutex<HashMap<u64, (String, Instant)>>> = Arc::default();
-    let (tx, reader) = if a.mode == Mode::Stream {
-        let (tx, rx) = mpsc::channel::<pb::RaiseAlarmRequest>(4096);
-        let mut acks = client.stream_alarms(ReceiverStream::new(rx)).await?.into_inner();
-        let (stats, pending) = (stats.clone(), pending.clone());
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(ack)) = acks.next().await {
-                if let Some((key, t)) = pending.lock().remove(&ack.sequence) {
-                    stats.ack(&key, t, ack.result);
-                }
-            }
-        });
-        (Some(tx), Some(reader))
-    } else {
-        (None, None)
-    };
+    let pending: PendingMap = Arc::default();
+    let window = Arc::new(tokio::sync::Semaphore::new(a.window));
+    let mut link = if a.mode == Mode::Stream { Some(open_link(&mut client, &pending, &stats).await?) } else { None };
     let inflight = Arc::new(tokio::sync::Semaphore::new((a.concurrency / senders).max(1)));
     let mut due = start;
     let mut unary = Vec::new();
@@ -511,11 +573,13 @@ async fn sender(
         req.sequence = n;
         stats.sent.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        match &tx {
-            Some(tx) => {
-                pending.lock().insert(n, (key, now));
-                if tx.send(req).await.is_err() {
-                    break;
+        match &mut link {
+            Some(l) => {
+                let slot = window.clone().acquire_owned().await?;
+                pending.lock().insert(n, (key, now, slot, req.clone()));
+                if l.tx.send(req).await.is_err() {
+                    // The stream broke (the server died?): reopen it; this alarm is resent with the rest.
+                    *l = open_link(&mut client, &pending, &stats).await?;
                 }
             }
             None => {
@@ -533,12 +597,19 @@ async fn sender(
             }
         }
     }
-    drop(tx);
     for u in unary {
         let _ = u.await;
     }
-    if let Some(r) = reader {
-        let _ = tokio::time::timeout(Duration::from_secs(60), r).await;
+    // Drain: close the request side and wait for the acks; a stream that broke
+    // with alarms still pending is reopened and they are sent again.
+    let give_up = Instant::now() + RECONNECT_FOR;
+    while let Some(Link { tx, reader }) = link.take() {
+        drop(tx);
+        let closed_cleanly = reader.await.unwrap_or(false);
+        if closed_cleanly || pending.lock().is_empty() || Instant::now() > give_up {
+            break;
+        }
+        link = Some(open_link(&mut client, &pending, &stats).await?);
     }
     Ok(())
 }
