@@ -185,6 +185,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         })
     };
 
+    if config.kpi_log_s > 0 {
+        spawn_kpi_log(state.clone(), Duration::from_secs(config.kpi_log_s));
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::alarm_service_server::AlarmServiceServer<AlarmApi>>().await;
     health.set_serving::<pb::dispatch_service_server::DispatchServiceServer<DispatchApi>>().await;
@@ -247,4 +251,39 @@ pub async fn bind_and_start(config: &Config) -> anyhow::Result<RunningServer> {
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("listen: cannot bind {}", config.listen))?;
     start(config, listener).await
+}
+
+/// Writes the telecare KPIs to the log every `period` (one INFO line with
+/// fields, as the `GetKpis` RPC reports them) until the server closes.
+fn spawn_kpi_log(state: Arc<AppState>, period: Duration) {
+    tokio::spawn(async move {
+        let closed = state.closed();
+        tokio::pin!(closed);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = &mut closed => return,
+            }
+            let d = state.dispatcher.clone();
+            let Ok(k) = tokio::task::spawn_blocking(move || d.kpis()).await else { continue };
+            let open: u64 = k.incidents_by_state.iter().filter(|(s, _)| s.is_open()).map(|(_, n)| n).sum();
+            let escalations: Vec<String> = k.escalations.iter().map(|(r, n)| format!("{r:?}={n}")).collect();
+            tracing::info!(
+                alarms = k.alarms_received,
+                duplicates = k.duplicates,
+                merged = k.merged,
+                open,
+                offered = k.offered,
+                accepted_60s = format!("{:.1}%", 100.0 * k.accepted_within_60s_ratio()),
+                accepted_180s = format!("{:.1}%", 100.0 * k.accepted_within_180s_ratio()),
+                first_offer_p50_ms = k.receipt_to_first_offer.p50_ms,
+                first_offer_p99_ms = k.receipt_to_first_offer.p99_ms,
+                arrival_p50_ms = k.acceptance_to_arrival.p50_ms,
+                arrival_p99_ms = k.acceptance_to_arrival.p99_ms,
+                escalations = escalations.join(","),
+                "kpis"
+            );
+        }
+    });
 }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 /// urgent_lane = 8192       # urgent alarms taken in at once; more wait
 /// max_deferred = 100000    # beyond it routine alarms get RESOURCE_EXHAUSTED
 /// retain_closed_s = 600    # closed incidents stay in memory this long, then are read from the store
+/// kpi_log_s = 60           # the KPIs go to the log this often (0: never)
 /// [planning]
 /// service_min = 30          # visit length for registry elders
 /// max_visits_per_day = 8    # for registry caregivers that set none
@@ -67,6 +68,7 @@ pub struct RawDispatch {
     pub urgent_lane: Option<usize>,
     pub max_deferred: Option<usize>,
     pub retain_closed_s: Option<f64>,
+    pub kpi_log_s: Option<u64>,
 }
 
 impl RawConfig {
@@ -90,6 +92,8 @@ pub struct Config {
     pub dispatch: dispatch_core::DispatchConfig,
     /// How often timers (offer expiry, arrival overdue) are checked.
     pub tick_ms: u64,
+    /// How often the KPIs are written to the log (0: never).
+    pub kpi_log_s: u64,
     pub planning: PlanningConfig,
 }
 
@@ -206,11 +210,16 @@ impl Config {
         if !(10..=60_000).contains(&tick_ms) {
             bail!("dispatch.tick_ms: {tick_ms} is not between 10 and 60000");
         }
+        let kpi_log_s = d.kpi_log_s.unwrap_or(60);
+        if kpi_log_s > 86_400 {
+            bail!("dispatch.kpi_log_s: {kpi_log_s} is not between 0 and 86400");
+        }
         Ok(Config {
             listen,
             data_dir: raw.data_dir.clone().unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DATA_DIR)),
             dispatch,
             tick_ms,
+            kpi_log_s,
             planning: PlanningConfig::from_raw(&raw.planning)?,
         })
     }
@@ -236,6 +245,11 @@ mod tests {
         let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:7\"\n[dispatch]\noffer_timeout_s = 30").unwrap();
         let c = Config::from_raw(&raw).unwrap();
         assert_eq!((c.listen.port(), c.dispatch.offer_timeout_ms), (7, 30_000));
+        assert_eq!(c.kpi_log_s, 60);
+        let raw: RawConfig = toml::from_str("[dispatch]\nkpi_log_s = 0").unwrap();
+        assert_eq!(Config::from_raw(&raw).unwrap().kpi_log_s, 0, "0 turns the KPI log off");
+        let raw: RawConfig = toml::from_str("[dispatch]\nkpi_log_s = 100000").unwrap();
+        assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.kpi_log_s"));
         let raw: RawConfig = toml::from_str("[dispatch]\nmax_radius_km = -1").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.max_radius_km"));
         assert!(toml::from_str::<RawConfig>("lisen = \"x\"").is_err(), "unknown keys are errors");
