@@ -480,11 +480,10 @@ type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
 /// One open StreamAlarms call: the request side and the task reading acks
-/// (it returns true when the server closed the stream, false when the stream
-/// broke or fell silent for `ACK_SILENCE`).
+/// (it ends when the stream closes, breaks or falls silent for `ACK_SILENCE`).
 struct Link {
     tx: mpsc::Sender<pb::RaiseAlarmRequest>,
-    reader: tokio::task::JoinHandle<bool>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 /// Opens a stream, retrying for `RECONNECT_FOR` (the server may be
@@ -505,15 +504,9 @@ async fn open_link(
                 let (stats2, pending2) = (stats.clone(), pending.clone());
                 // Ends with the stream, or after ACK_SILENCE without an ack.
                 let reader = tokio::spawn(async move {
-                    loop {
-                        match tokio::time::timeout(ACK_SILENCE, acks.next()).await {
-                            Ok(Some(Ok(ack))) => {
-                                if let Some((key, t, _slot, _)) = pending2.lock().remove(&ack.sequence) {
-                                    stats2.ack(&key, t, ack.result);
-                                }
-                            }
-                            Ok(None) => return true,
-                            Ok(Some(Err(_))) | Err(_) => return false,
+                    while let Ok(Some(Ok(ack))) = tokio::time::timeout(ACK_SILENCE, acks.next()).await {
+                        if let Some((key, t, _slot, _)) = pending2.lock().remove(&ack.sequence) {
+                            stats2.ack(&key, t, ack.result);
                         }
                     }
                 });
@@ -600,13 +593,14 @@ async fn sender(
     for u in unary {
         let _ = u.await;
     }
-    // Drain: close the request side and wait for the acks; a stream that broke
-    // with alarms still pending is reopened and they are sent again.
+    // Drain: close the request side and wait for the acks; a stream that ended
+    // with alarms still pending (it broke, or the server was restarting) is
+    // reopened and they are sent again.
     let give_up = Instant::now() + RECONNECT_FOR;
     while let Some(Link { tx, reader }) = link.take() {
         drop(tx);
-        let closed_cleanly = reader.await.unwrap_or(false);
-        if closed_cleanly || pending.lock().is_empty() || Instant::now() > give_up {
+        let _ = reader.await;
+        if pending.lock().is_empty() || Instant::now() > give_up {
             break;
         }
         link = Some(open_link(&mut client, &pending, &stats).await?);
