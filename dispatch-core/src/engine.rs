@@ -28,7 +28,8 @@ use crate::kpi::{KpiSnapshot, Kpis};
 use crate::lifecycle::IncidentState;
 use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef, StatusCounts};
 use crate::types::{
-    AlarmKind, CaregiverId, CaregiverStatus, EscalationReason, IdempotencyKey, IncidentId, Outcome, Severity,
+    AlarmKind, CaregiverId, CaregiverStatus, DeviceId, ElderId, EscalationReason, IdempotencyKey, IncidentId, Outcome,
+    Severity,
 };
 use crate::wheel::TimerWheel;
 
@@ -228,6 +229,8 @@ struct Staged<'a> {
     guard: ArcMutexGuard<RawMutex, Option<Incident>>,
     next: Incident,
     lane: Option<InLane<'a>>,
+    /// Filed under in `by_source` once durable (a new incident only).
+    source: SourceKey,
 }
 
 /// Alarms staged since the last journal append, and their events in order.
@@ -255,7 +258,7 @@ pub struct Dispatcher {
     incidents: Map<IncidentId, IncidentCell>,
     open: Map<IncidentId, ()>,
     /// Open incident per (device or elder, kind), for merging repeats.
-    by_source: Map<(String, AlarmKind), IncidentId>,
+    by_source: Map<SourceKey, IncidentId>,
     roster: Map<CaregiverId, SlotRef>,
     /// Caregivers per status (a zero proves nobody has it).
     counts: Arc<StatusCounts>,
@@ -314,11 +317,19 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-fn source_key(incident_or_alarm_device: Option<&str>, elder: &str, kind: AlarmKind) -> (String, AlarmKind) {
-    match incident_or_alarm_device {
+/// What repeats are merged by: the device (or the elder, without one) and the kind.
+type SourceKey = (String, AlarmKind);
+
+fn source_key(device: Option<&DeviceId>, elder: &ElderId, kind: AlarmKind) -> SourceKey {
+    match device {
         Some(d) => (format!("d:{d}"), kind),
         None => (format!("e:{elder}"), kind),
     }
+}
+
+/// The source key of an incident.
+fn source_of(inc: &Incident) -> SourceKey {
+    source_key(inc.device.as_ref(), &inc.elder, inc.kind)
 }
 
 fn event(kind: EventKind, inc: &Incident, now: i64, caregiver: Option<&CaregiverId>, note: &str) -> IncidentEvent {
@@ -517,13 +528,14 @@ impl Dispatcher {
             });
         }
         let key = alarm.key.clone();
-        let staged = match self.stage_merge(&alarm, run, out) {
+        let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
+        let staged = match self.stage_merge(&alarm, &source, run, out) {
             Some(merge) => Ok(merge),
             None => self.stage_open(alarm, run, out),
         };
         match staged {
             Ok((guard, next, lane)) => {
-                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane });
+                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane, source });
                 None
             }
             Err(e) => {
@@ -535,9 +547,14 @@ impl Dispatcher {
     }
 
     /// Stages a repeat into its open incident, if there is one within the window.
-    fn stage_merge<'a>(&'a self, alarm: &Alarm, run: &mut Run<'a>, out: &mut Answers) -> Option<StagedIncident<'a>> {
-        let skey = source_key(alarm.device.as_ref().map(|d| d.as_str()), alarm.elder.as_str(), alarm.kind);
-        let id = *self.by_source.get(&skey)?;
+    fn stage_merge<'a>(
+        &'a self,
+        alarm: &Alarm,
+        source: &SourceKey,
+        run: &mut Run<'a>,
+        out: &mut Answers,
+    ) -> Option<StagedIncident<'a>> {
+        let id = *self.by_source.get(source)?;
         let cell = self.incidents.get(&id).map(|c| c.clone())?;
         let guard = match cell.try_lock_arc() {
             Some(g) => g,
@@ -637,9 +654,9 @@ impl Dispatcher {
             Ok(()) => {
                 let mut held = Vec::with_capacity(staged.len());
                 let mut timers = Vec::with_capacity(staged.len());
-                let mut opened = Vec::with_capacity(staged.len());
+                let mut first_offers = Vec::with_capacity(staged.len());
                 for s in staged {
-                    let Staged { slot, mut key_guard, mut guard, next: inc, lane, .. } = s;
+                    let Staged { slot, mut key_guard, mut guard, next: inc, lane, source, .. } = s;
                     let merged = lane.is_none();
                     if merged {
                         self.kpis.merged.fetch_add(1, Ordering::Relaxed);
@@ -647,11 +664,9 @@ impl Dispatcher {
                         if inc.state == IncidentState::Deferred {
                             self.deferred.push(inc.id);
                         }
+                        first_offers.extend(self.kpis.observe_new(&inc));
                         self.open.insert(inc.id, ());
-                        self.by_source.insert(
-                            source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind),
-                            inc.id,
-                        );
+                        self.by_source.insert(source, inc.id);
                         if let Some(d) = self.deadline(&inc) {
                             timers.push((d, inc.id));
                         }
@@ -659,15 +674,11 @@ impl Dispatcher {
                     *key_guard = KeyState::Done(inc.id);
                     *guard = Some(inc.clone());
                     held.push((key_guard, guard, lane));
-                    if !merged {
-                        opened.push(slot);
-                    }
                     out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
                 }
-                // Counted and scheduled together: one lock of the histogram and
+                // Recorded and scheduled together: one lock of the histogram and
                 // of each timer bucket per run, not per alarm.
-                self.kpis
-                    .observe_opened(opened.iter().filter_map(|i| out[*i].as_ref()?.as_ref().ok()).map(|o| &o.incident));
+                self.kpis.record_first_offers(&first_offers);
                 self.timers.schedule_all(timers);
                 self.sink.publish(&events);
             }
@@ -867,10 +878,7 @@ impl Dispatcher {
         if next.state.is_terminal() {
             self.closed.lock().push_back((now, id));
             self.open.remove(&id);
-            self.by_source.remove_if(
-                &source_key(next.device.as_ref().map(|d| d.as_str()), next.elder.as_str(), next.kind),
-                |_, v| *v == id,
-            );
+            self.by_source.remove_if(&source_of(&next), |_, v| *v == id);
         }
         *guard = Some(next.clone());
         self.sink.publish(&events);
@@ -1289,8 +1297,7 @@ impl Dispatcher {
                     }
                 }
                 self.open.insert(inc.id, ());
-                self.by_source
-                    .insert(source_key(inc.device.as_ref().map(|d| d.as_str()), inc.elder.as_str(), inc.kind), inc.id);
+                self.by_source.insert(source_of(&inc), inc.id);
                 if let Some(d) = self.deadline(&inc) {
                     self.timers.schedule(d, inc.id);
                 }

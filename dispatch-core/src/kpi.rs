@@ -130,14 +130,18 @@ impl Kpis {
         }
     }
 
-    /// `observe(None, ..)` for each incident a batch opened, taking the
-    /// histogram's lock once.
-    pub fn observe_opened<'a>(&self, opened: impl IntoIterator<Item = &'a Incident>) {
-        let firsts: Vec<i64> = opened.into_iter().filter_map(|i| self.count(None, i)).collect();
-        if !firsts.is_empty() {
+    /// Counts a new incident as `observe(None, ..)` does, but leaves its
+    /// receipt-to-first-offer time (returned) for [`Kpis::record_first_offers`],
+    /// so a batch takes the histogram's lock once.
+    pub fn observe_new(&self, inc: &Incident) -> Option<i64> {
+        self.count(None, inc)
+    }
+
+    pub fn record_first_offers(&self, ms: &[i64]) {
+        if !ms.is_empty() {
             let mut h = self.to_first_offer.lock();
-            for ms in firsts {
-                h.saturating_record(ms.max(1) as u64);
+            for t in ms {
+                h.saturating_record((*t).max(1) as u64);
             }
         }
     }

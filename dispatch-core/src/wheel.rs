@@ -40,9 +40,7 @@ impl<T> TimerWheel<T> {
     /// Schedules `item` at `deadline_ms`; a deadline already passed fires at
     /// the next `expire`.
     pub fn schedule(&self, deadline_ms: i64, item: T) {
-        let cursor = self.cursor.read();
-        let tick = deadline_ms.div_euclid(self.tick_ms).max(*cursor + 1);
-        self.bucket(tick).lock().push((deadline_ms, item));
+        self.schedule_all(std::iter::once((deadline_ms, item)));
     }
 
     /// Schedules many entries, taking each bucket's lock once per run of

@@ -26,9 +26,15 @@ struct Clients {
 }
 
 async fn boot(dir: &Path) -> (RunningServer, Clients) {
+    boot_with(dir, |_| {}).await
+}
+
+/// `boot` with settings changed by `tune` (after the test defaults).
+async fn boot_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> (RunningServer, Clients) {
     let raw = RawConfig { data_dir: Some(dir.to_owned()), ..Default::default() };
     let mut config = Config::from_raw(&raw).unwrap();
     config.tick_ms = 50;
+    tune(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = start(&config, listener).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
@@ -500,19 +506,11 @@ async fn health_and_reflection_are_served() {
 #[tokio::test]
 async fn offer_timeout_redispatches_without_anyone_acting() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = RawConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() };
-    let mut config = Config::from_raw(&raw).unwrap();
-    config.tick_ms = 20;
-    config.dispatch.offer_timeout_ms = 200;
-    let server = start(&config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
-    let mut c = Clients {
-        alarms: Alarms::new(channel.clone()),
-        dispatch: Dispatch::new(channel.clone()),
-        caregivers: Caregivers::new(channel.clone()),
-        registry: Registry::new(channel.clone()),
-        channel,
-    };
+    let (server, mut c) = boot_with(dir.path(), |config| {
+        config.tick_ms = 20;
+        config.dispatch.offer_timeout_ms = 200;
+    })
+    .await;
     district(&mut c).await;
     let mut console = c.dispatch.watch_incidents(pb::WatchIncidentsRequest::default()).await.unwrap().into_inner();
     let inc =
@@ -576,19 +574,11 @@ async fn a_device_silent_for_three_intervals_raises_device_offline_until_heard_a
 #[tokio::test]
 async fn closed_incidents_leave_memory_and_are_read_back_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = RawConfig { data_dir: Some(dir.path().to_owned()), ..Default::default() };
-    let mut config = Config::from_raw(&raw).unwrap();
-    config.tick_ms = 20;
-    config.dispatch.retain_closed_ms = 0;
-    let server = start(&config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
-    let mut c = Clients {
-        alarms: Alarms::new(channel.clone()),
-        dispatch: Dispatch::new(channel.clone()),
-        caregivers: Caregivers::new(channel.clone()),
-        registry: Registry::new(channel.clone()),
-        channel,
-    };
+    let (server, mut c) = boot_with(dir.path(), |config| {
+        config.tick_ms = 20;
+        config.dispatch.retain_closed_ms = 0;
+    })
+    .await;
     elder(&mut c, "E1", 43.8650, 125.3860).await;
     let inc = c.alarms.raise_alarm(alarm("gone", "E1", pb::AlarmKind::Inactivity)).await.unwrap().into_inner();
     let id = inc.incident.unwrap().id;
