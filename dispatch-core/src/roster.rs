@@ -274,8 +274,13 @@ mod tests {
 
     #[test]
     fn status_counts_follow_every_transition_and_never_undercount() {
+        // Slots 0..8 are shared by every thread (contended transitions); slot
+        // 8 + t belongs to thread t alone, so its status is stable while that
+        // thread reads the count: a witness the check can trust.
+        const SHARED: usize = 8;
+        const THREADS: usize = 4;
         let counts: Arc<StatusCounts> = Arc::default();
-        let slots: Vec<Arc<CaregiverSlot>> = (0..8)
+        let slots: Vec<Arc<CaregiverSlot>> = (0..SHARED + THREADS)
             .map(|i| {
                 let mut p = slot().profile();
                 p.id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
@@ -285,17 +290,19 @@ mod tests {
         let truth = |s: CaregiverStatus| slots.iter().filter(|x| x.status() == s).count() as i64;
         let all =
             [CaregiverStatus::OffDuty, CaregiverStatus::Available, CaregiverStatus::Busy, CaregiverStatus::OnVisit];
-        let threads: Vec<_> = (0..4u64)
+        let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let (slots, counts) = (slots.clone(), counts.clone());
                 std::thread::spawn(move || {
-                    let mut x = t * 7919 + 1;
+                    let mut x = t as u64 * 7919 + 1;
+                    let mine = &slots[SHARED + t];
+                    let mut witnessed = 0;
                     for n in 0..20_000u64 {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        let s = &slots[(x % 8) as usize];
-                        let inc = IncidentId(t * 1_000_000 + n + 1);
+                        let s = if x & 2 == 0 { mine } else { &slots[(x >> 2) as usize % SHARED] };
+                        let inc = IncidentId(t as u64 * 1_000_000 + n + 1);
                         match (x >> 8) % 4 {
                             0 => {
                                 if s.try_claim(inc, x & 1 == 0) {
@@ -306,17 +313,18 @@ mod tests {
                             2 => drop(s.set_duty(CaregiverStatus::OnVisit)),
                             _ => drop(s.set_duty(CaregiverStatus::OffDuty)),
                         }
-                        // Whatever the others are doing, a zero count is never wrong.
-                        if counts.get(CaregiverStatus::Available) == 0 {
-                            assert_ne!(s.status(), CaregiverStatus::Available, "a zero count hid a free caregiver");
+                        // Whatever the others are doing, a free caregiver is counted.
+                        if mine.status() == CaregiverStatus::Available {
+                            witnessed += 1;
+                            assert!(counts.get(CaregiverStatus::Available) >= 1, "a zero count hid a free caregiver");
                         }
                     }
+                    witnessed
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let witnessed: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(witnessed > 0, "the check never ran");
         for s in all {
             assert_eq!(counts.get(s), truth(s), "{s:?} at rest");
         }
