@@ -78,6 +78,17 @@ impl CaregiverSlot {
         }
     }
 
+    /// A hint to bring the status into cache (a search is about to read it).
+    pub(crate) fn prefetch_status(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: prefetching is a hint; the address is a live field.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                &self.status as *const AtomicU8 as *const i8,
+            );
+        }
+    }
+
     pub fn status(&self) -> CaregiverStatus {
         CaregiverStatus::from_u8(self.status.load(Ordering::Acquire))
     }
