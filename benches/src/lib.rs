@@ -2,6 +2,11 @@
 
 use std::sync::Arc;
 
+/// The allocator `anxin` ships with (see `server/src/main.rs`), so the
+/// benches measure the pipeline as deployed.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use dispatch_core::{CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, GeoPoint, Journal, TravelMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

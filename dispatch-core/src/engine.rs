@@ -350,6 +350,7 @@ impl Dispatcher {
         sink: Arc<dyn EventSink>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let counts = Arc::<StatusCounts>::default();
         Dispatcher {
             config,
             journal,
@@ -361,9 +362,9 @@ impl Dispatcher {
             open: Map::default(),
             by_source: Map::default(),
             roster: Map::default(),
-            counts: Arc::default(),
+            counts: counts.clone(),
             skills: SkillTable::default(),
-            index: GridIndex::default(),
+            index: GridIndex::new(counts),
             timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
             lanes: Lanes::default(),
             deferred: SegQueue::new(),

@@ -38,7 +38,7 @@ use crossbeam::epoch::{self, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
 use crate::geo::{GeoPoint, TravelMode, TravelModel, EARTH_RADIUS_KM};
-use crate::roster::{CaregiverSlot, SlotRef, SHARED_BIT};
+use crate::roster::{CaregiverSlot, SlotRef, StatusCounts, SHARED_BIT};
 use crate::types::{CaregiverId, CaregiverStatus};
 
 const R_M: f64 = EARTH_RADIUS_KM * 1000.0;
@@ -48,15 +48,22 @@ const CELLS_PER_DEG: f64 = 400.0;
 const RAD_PER_CELL: f64 = PI / 180.0 / CELLS_PER_DEG;
 const TORUS_BITS: u32 = 8;
 const TORUS: usize = 1 << TORUS_BITS;
-/// Blocks of 16 x 16 buckets keep occupancy counts, so rings through empty
-/// country skip cells without loading them, and a wide search reads only
-/// occupied blocks.
+/// Blocks of 16 x 16 buckets keep counts of the free caregivers filed there
+/// (per mode; [`StatusCounts`]), so rings through empty country or through a
+/// district where everyone is busy skip cells without loading them, and a
+/// wide search reads only blocks where someone is free.
 const BLOCK_BITS: u32 = 4;
-const BLOCKS: usize = 1 << (2 * (TORUS_BITS - BLOCK_BITS));
+pub(crate) const BLOCKS: usize = 1 << (2 * (TORUS_BITS - BLOCK_BITS));
 /// A search still short of `k` after this many rings of one mode reads that
-/// mode's occupied blocks whole instead (the city is sparse there, or the
-/// filter rejects most caregivers).
+/// mode's blocks with someone free whole instead (the city is sparse there,
+/// or the filter rejects most caregivers).
 const FULL_SCAN_RING: i32 = 16;
+/// At this ring a search short of `k` counts the blocks with someone free of
+/// the mode, and reads them whole at once if there are at most
+/// `FEW_FREE_BLOCKS` (a storm: nearly everyone busy, the rings would only
+/// walk past busy blocks).
+const FEW_CHECK_RING: i32 = 3;
+const FEW_FREE_BLOCKS: usize = 8;
 /// Modes in the order a query prefers them on equal bounds (fastest first).
 const MODES: [TravelMode; 3] = [TravelMode::Car, TravelMode::Bike, TravelMode::Walk];
 /// One degree of arc in metres: the lower bound for any point more than a
@@ -78,13 +85,15 @@ fn mode_index(m: TravelMode) -> usize {
     }
 }
 
-/// Where the index has filed a slot: its mode's grid, its cell and the
-/// position it was filed at (the packed `f32` pair).
+/// Where the index has filed a slot: its mode's grid, its cell, the cell's
+/// block (for the free counts) and the position it was filed at (the packed
+/// `f32` pair).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Filing {
-    mode: usize,
+    pub(crate) mode: usize,
     row: i32,
     col: i32,
+    pub(crate) block: usize,
     pos: u64,
 }
 
@@ -344,8 +353,6 @@ struct Cells {
     cols: i32,
     /// Every cell; see [`Cells::cell`] for the layout.
     cells: Box<[Cell]>,
-    /// Entries per block and mode.
-    occupied: Box<[[AtomicU32; 3]]>,
     writers: Box<[Mutex<()>]>,
     /// Entries per mode.
     len: [AtomicUsize; 3],
@@ -376,7 +383,6 @@ impl Cells {
             rows: (180.0 * CELLS_PER_DEG) as i32,
             cols: (360.0 * CELLS_PER_DEG) as i32,
             cells: empty_cells(),
-            occupied: (0..BLOCKS).map(|_| Default::default()).collect(),
             writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
             len: Default::default(),
         }
@@ -401,28 +407,14 @@ impl Cells {
         (bucket >> TORUS_BITS >> BLOCK_BITS) << side | (bucket & (TORUS - 1)) >> BLOCK_BITS
     }
 
-    fn occupied(&self, m: usize, row: i32, col: i32) -> bool {
-        self.occupied[Self::block(self.bucket(row, col))][m].load(Ordering::Acquire) > 0
-    }
-
     /// Rewrites the entries of mode `m` in cell (row, col) by `f`.
     fn edit(&self, m: usize, row: i32, col: i32, guard: &Guard, f: impl FnOnce(&mut Vec<Entry>)) {
         let b = self.bucket(row, col);
         let _writer = self.writers[b % WRITER_STRIPES].lock();
         let cell = self.cell(m, b);
         let mut v = cell.entries(guard);
-        let before = v.len() as u32;
         f(&mut v);
-        let after = v.len() as u32;
-        // The block counts an entry before it is published and after it is gone.
-        let occupied = &self.occupied[Self::block(b)][m];
-        if after > before {
-            occupied.fetch_add(after - before, Ordering::Release);
-        }
         cell.write(&v, guard);
-        if after < before {
-            occupied.fetch_sub(before - after, Ordering::Release);
-        }
     }
 
     /// The cell of mode `m` at bucket `b`.
@@ -431,11 +423,11 @@ impl Cells {
         &self.cells[row * ROW_CELLS + col * 3 + m]
     }
 
-    /// Every bucket of mode `m` in an occupied block.
-    fn occupied_buckets(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+    /// Every bucket of the blocks `keep` accepts.
+    fn buckets_of(&self, keep: impl Fn(usize) -> bool) -> impl Iterator<Item = usize> {
         let side = TORUS_BITS - BLOCK_BITS;
         let block_side = 1usize << BLOCK_BITS;
-        (0..BLOCKS).filter(move |b| self.occupied[*b][m].load(Ordering::Acquire) > 0).flat_map(move |b| {
+        (0..BLOCKS).filter(move |b| keep(*b)).flat_map(move |b| {
             let (r0, c0) = ((b >> side) << BLOCK_BITS, (b & ((1 << side) - 1)) << BLOCK_BITS);
             (0..block_side * block_side).map(move |i| (r0 + i / block_side) << TORUS_BITS | (c0 + i % block_side))
         })
@@ -466,11 +458,13 @@ impl Drop for Cells {
 /// The caregivers by travel mode and position. See the module documentation.
 pub struct GridIndex {
     cells: Cells,
+    /// The status counts every slot filed here keeps (with per-block free counts).
+    counts: Arc<StatusCounts>,
 }
 
 impl Default for GridIndex {
     fn default() -> Self {
-        GridIndex { cells: Cells::new() }
+        GridIndex::new(Arc::default())
     }
 }
 
@@ -481,23 +475,44 @@ impl std::fmt::Debug for GridIndex {
 }
 
 impl GridIndex {
+    /// An empty index for slots created with `counts`.
+    pub fn new(counts: Arc<StatusCounts>) -> Self {
+        GridIndex { cells: Cells::new(), counts }
+    }
+
+    /// The counts the slots filed here must be created with.
+    pub fn counts(&self) -> &Arc<StatusCounts> {
+        &self.counts
+    }
+
     /// Files `slot` under its current position and travel mode, moving it if
     /// needed. Call after every change of either. Upserts of one slot are
     /// serialised by the slot's filing lock; of different slots, run in parallel.
     pub fn upsert(&self, slot: &SlotRef) {
+        debug_assert!(Arc::ptr_eq(slot.counts(), &self.counts), "{} counts elsewhere", slot.id);
         let mut filed = slot.filed.lock();
         let (lat, lon) = slot.position();
         let mode = mode_index(slot.mode());
         let cells = &self.cells;
         let (row, col) = cells.locate(lat, lon);
-        let to = Filing { mode, row, col, pos: pack(lat, lon) };
-        if *filed == Some(to) {
+        let block = Cells::block(cells.bucket(row, col));
+        let to = Filing { mode, row, col, block, pos: pack(lat, lon) };
+        if filed.at == Some(to) {
             return;
+        }
+        // The slot's free share goes to the new block before the slot
+        // appears there, and leaves the old one after it is gone there.
+        let share = filed.net;
+        let moves_share = filed.at.is_none_or(|from| (from.block, from.mode) != (block, mode));
+        if moves_share {
+            for (k, n) in share.iter().enumerate().filter(|(_, n)| **n != 0) {
+                self.counts.block(to, k).fetch_add(*n, Ordering::SeqCst);
+            }
         }
         let guard = epoch::pin();
         let ptr = Arc::as_ptr(slot);
         let is_slot = |e: &Entry| std::ptr::eq(e.slot.as_ptr(), ptr);
-        match *filed {
+        match filed.at {
             Some(from) if (from.mode, from.row, from.col) == (mode, row, col) => {
                 cells.edit(mode, row, col, &guard, |v| match v.iter_mut().find(|e| is_slot(e)) {
                     Some(e) => e.pos = to.pos,
@@ -526,7 +541,12 @@ impl GridIndex {
                 }
             }
         }
-        *filed = Some(to);
+        if let Some(from) = filed.at.filter(|_| moves_share) {
+            for (k, n) in share.iter().enumerate().filter(|(_, n)| **n != 0) {
+                self.counts.block(from, k).fetch_sub(*n, Ordering::SeqCst);
+            }
+        }
+        filed.at = Some(to);
     }
 
     /// Up to `k` caregivers nearest to `at` by estimated travel time, best
@@ -564,17 +584,21 @@ impl GridIndex {
                 }
             }
             let Some(m) = pick else { break };
-            if ring[m] >= FULL_SCAN_RING || 2 * ring[m] + 1 > TORUS as i32 {
-                // Far out (and before the rings wrap around the torus): read
-                // every occupied bucket of the mode once.
-                for b in self.cells.occupied_buckets(m) {
+            let on_visit = filter.allow_on_visit;
+            let free = |b: usize| self.counts.may_be_free(b, m, on_visit);
+            let few = || s.best.len() < k && (0..BLOCKS).filter(|b| free(*b)).nth(FEW_FREE_BLOCKS).is_none();
+            if ring[m] >= FULL_SCAN_RING || 2 * ring[m] + 1 > TORUS as i32 || (ring[m] == FEW_CHECK_RING && few()) {
+                // Far out (and before the rings wrap around the torus), or
+                // few blocks to read: every bucket of the mode where someone
+                // may be free, once.
+                for b in self.cells.buckets_of(free) {
                     s.collect(m, self.cells.cell(m, b), &guard);
                 }
                 s.settle(m);
                 live[m] = false;
                 continue;
             }
-            s.scan_ring(&self.cells, m, ring[m], &guard);
+            s.scan_ring(&self.cells, &self.counts, m, ring[m], &guard);
             ring[m] += 1;
             lower_m[m] = s.ring_lower_bound_m(ring[m]);
         }
@@ -698,12 +722,15 @@ impl<'q> Search<'q> {
         }
     }
 
-    fn scan_ring(&mut self, cells: &Cells, m: usize, r: i32, guard: &Guard) {
+    fn scan_ring(&mut self, cells: &Cells, counts: &StatusCounts, m: usize, r: i32, guard: &Guard) {
         let rows = cells.rows;
+        let on_visit = self.filter.allow_on_visit;
         let visit = |s: &mut Self, row: i32, col: i32| {
-            if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] && cells.occupied(m, row, col)
-            {
-                s.collect(m, cells.cell(m, cells.bucket(row, col)), guard);
+            if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] {
+                let b = cells.bucket(row, col);
+                if counts.may_be_free(Cells::block(b), m, on_visit) {
+                    s.collect(m, cells.cell(m, b), guard);
+                }
             }
         };
         let (r0, c0) = (self.row, self.col);
@@ -829,18 +856,18 @@ mod tests {
 
     const SKILLS: [&str; 3] = ["nurse", "dementia", "lift"];
 
-    fn slot_with(i: usize, lat: f64, lon: f64, mode: TravelMode, skills: u64) -> SlotRef {
+    fn slot_with(grid: &GridIndex, i: usize, lat: f64, lon: f64, mode: TravelMode, skills: u64) -> SlotRef {
         let p = GeoPoint::new("p", lat, lon).unwrap();
         let names = (0..3).filter(|b| skills & 1 << b != 0).map(|b| SKILLS[b].to_string()).collect();
         let id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
-        let s =
-            Arc::new(CaregiverSlot::new(CaregiverProfile { id, skills: names, home: p, mode }, skills, Arc::default()));
+        let profile = CaregiverProfile { id, skills: names, home: p, mode };
+        let s = Arc::new(CaregiverSlot::new(profile, skills, grid.counts().clone()));
         s.set_duty(CaregiverStatus::Available).unwrap();
         s
     }
 
-    fn slot(i: usize, lat: f64, lon: f64, mode: TravelMode) -> SlotRef {
-        slot_with(i, lat, lon, mode, 0)
+    fn slot(grid: &GridIndex, i: usize, lat: f64, lon: f64, mode: TravelMode) -> SlotRef {
+        slot_with(grid, i, lat, lon, mode, 0)
     }
 
     fn admits(s: &CaregiverSlot, f: &MatchFilter<'_>) -> bool {
@@ -894,7 +921,7 @@ mod tests {
         let grid = GridIndex::default();
         let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
         let slots: Vec<SlotRef> = (0..2000)
-            .map(|i| slot(i, 43.8 + rng.random::<f64>() * 0.2, 125.2 + rng.random::<f64>() * 0.3, modes[i % 3]))
+            .map(|i| slot(&grid, i, 43.8 + rng.random::<f64>() * 0.2, 125.2 + rng.random::<f64>() * 0.3, modes[i % 3]))
             .collect();
         slots.iter().for_each(|s| grid.upsert(s));
         for (n, s) in slots.iter().enumerate() {
@@ -921,8 +948,8 @@ mod tests {
     fn respects_radius_exclusions_and_skills() {
         let model = TravelModel::default();
         let grid = GridIndex::default();
-        let near = slot(1, 43.880, 125.370, TravelMode::Walk);
-        let far = slot(2, 43.980, 125.370, TravelMode::Walk);
+        let near = slot(&grid, 1, 43.880, 125.370, TravelMode::Walk);
+        let far = slot(&grid, 2, 43.980, 125.370, TravelMode::Walk);
         grid.upsert(&near);
         grid.upsert(&far);
         let q = GeoPoint::new("q", 43.881, 125.371).unwrap();
@@ -940,8 +967,8 @@ mod tests {
     fn ranks_by_travel_time_and_follows_mode_changes() {
         let model = TravelModel::default();
         let grid = GridIndex::default();
-        let walker = slot(1, 43.8809, 125.3700, TravelMode::Walk);
-        let car = slot(2, 43.8953, 125.3700, TravelMode::Car);
+        let walker = slot(&grid, 1, 43.8809, 125.3700, TravelMode::Walk);
+        let car = slot(&grid, 2, 43.8953, 125.3700, TravelMode::Car);
         grid.upsert(&walker);
         grid.upsert(&car);
         let q = GeoPoint::new("q", 43.8773, 125.3700).unwrap();
@@ -968,6 +995,87 @@ mod tests {
         }
     }
 
+    /// Free counts per block stay at least the truth while caregivers move
+    /// across blocks and change status on other threads (each thread also
+    /// owns one caregiver, a witness nobody else touches), and are exact at rest.
+    #[test]
+    fn free_counts_follow_moves_and_status_changes() {
+        let grid = Arc::new(GridIndex::default());
+        let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
+        // About 0.3° square: several blocks of 0.04°.
+        let spot = |rng: &mut rand::rngs::StdRng| (43.7 + rng.random::<f64>() * 0.3, 125.2 + rng.random::<f64>() * 0.3);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        const SHARED: usize = 200;
+        const THREADS: usize = 4;
+        let slots: Arc<Vec<SlotRef>> = Arc::new(
+            (0..SHARED + THREADS)
+                .map(|i| {
+                    let (lat, lon) = spot(&mut rng);
+                    slot(&grid, i, lat, lon, modes[i % 3])
+                })
+                .collect(),
+        );
+        slots.iter().for_each(|s| grid.upsert(s));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (grid, slots) = (grid.clone(), slots.clone());
+                std::thread::spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(200 + t as u64);
+                    let mine = &slots[SHARED + t];
+                    let mut witnessed = 0;
+                    for n in 0..20_000u64 {
+                        let s = if rng.random_bool(0.3) { mine } else { &slots[rng.random_range(0..SHARED)] };
+                        match rng.random_range(0..5) {
+                            0 | 1 => {
+                                let (lat, lon) = spot(&mut rng);
+                                s.set_position(&GeoPoint::new("p", lat, lon).unwrap(), 1);
+                                grid.upsert(s);
+                            }
+                            2 => {
+                                let inc = IncidentId(t as u64 * 1_000_000 + n + 1);
+                                if s.try_claim(inc, rng.random_bool(0.5)) {
+                                    s.release(inc);
+                                }
+                            }
+                            3 => drop(s.set_duty(CaregiverStatus::Available)),
+                            _ => drop(s.set_duty(CaregiverStatus::OnVisit)),
+                        }
+                        let at = mine.filed.lock().at;
+                        if let (CaregiverStatus::Available, Some(at)) = (mine.status(), at) {
+                            witnessed += 1;
+                            assert!(
+                                grid.counts().may_be_free(at.block, at.mode, false),
+                                "a free caregiver's block counted zero"
+                            );
+                        }
+                    }
+                    witnessed
+                })
+            })
+            .collect();
+        let witnessed: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(witnessed > 0, "the check never ran");
+        let mut truth = std::collections::HashMap::<(usize, usize, usize), i64>::new();
+        for s in slots.iter() {
+            let at = s.filed.lock().at.unwrap();
+            let k = match s.status() {
+                CaregiverStatus::Available => 0,
+                CaregiverStatus::OnVisit => 1,
+                _ => continue,
+            };
+            *truth.entry((at.block, at.mode, k)).or_default() += 1;
+        }
+        for block in 0..BLOCKS {
+            for m in 0..3 {
+                for k in 0..2 {
+                    let at = Filing { mode: m, row: 0, col: 0, block, pos: 0 };
+                    let got = grid.counts().block(at, k).load(Ordering::SeqCst);
+                    assert_eq!(got, truth.get(&(block, m, k)).copied().unwrap_or(0), "block {block} mode {m} kind {k}");
+                }
+            }
+        }
+    }
+
     /// Queries run while other threads move caregivers between cells (and
     /// in and out of spill blocks): every answer is admitted, sorted and
     /// without repeats; at rest the grid agrees with brute force; and the
@@ -985,7 +1093,7 @@ mod tests {
             (0..300)
                 .map(|i| {
                     let (lat, lon) = spot(&mut rng);
-                    slot(i, lat, lon, modes[i % 3])
+                    slot(&grid, i, lat, lon, modes[i % 3])
                 })
                 .collect(),
         );
@@ -1044,9 +1152,9 @@ mod tests {
     fn wraps_at_the_antimeridian() {
         let model = TravelModel::default();
         let grid = GridIndex::default();
-        let east = slot(1, 65.0, 179.9995, TravelMode::Bike);
-        let west = slot(2, 65.0, -179.9990, TravelMode::Bike);
-        let polar = slot(3, 89.9999, 10.0, TravelMode::Bike);
+        let east = slot(&grid, 1, 65.0, 179.9995, TravelMode::Bike);
+        let west = slot(&grid, 2, 65.0, -179.9990, TravelMode::Bike);
+        let polar = slot(&grid, 3, 89.9999, 10.0, TravelMode::Bike);
         [&east, &west, &polar].iter().for_each(|s| grid.upsert(s));
         let f = MatchFilter { max_radius_m: 30_000.0, ..Default::default() };
         let q = GeoPoint::new("q", 65.0, -179.9999).unwrap();
@@ -1101,7 +1209,7 @@ mod tests {
             let mut exclude = Vec::new();
             for (i, (dlat, dlon, mode, status, skills, excluded, moved)) in cgs.into_iter().enumerate() {
                 let p = at(dlat, dlon);
-                let s = slot_with(i, p.lat(), p.lon(), mode, skills);
+                let s = slot_with(&grid, i, p.lat(), p.lon(), mode, skills);
                 grid.upsert(&s);
                 match status {
                     0 => s.set_duty(CaregiverStatus::OffDuty).unwrap(),

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::geo::{GeoPoint, TravelMode};
-use crate::index::Filing;
+use crate::index::{Filing, BLOCKS};
 use crate::types::{CaregiverId, CaregiverStatus, IncidentId};
 
 /// Static description of a caregiver, as registered.
@@ -38,9 +38,10 @@ pub struct CaregiverSlot {
     active: AtomicU64,
     mode: AtomicU8,
     skills_mask: AtomicU64,
-    /// Where the index has filed this slot (`None` before its first upsert).
-    /// The lock serialises the index's moves of one caregiver.
-    pub(crate) filed: Mutex<Option<Filing>>,
+    /// Where the index has filed this slot, and what the slot has added to
+    /// that block's free counts. The lock serialises the index's moves of one
+    /// caregiver with its entries into and exits from the free statuses.
+    pub(crate) filed: Mutex<Filed>,
     counts: Arc<StatusCounts>,
     profile: RwLock<CaregiverProfile>,
 }
@@ -72,7 +73,7 @@ impl CaregiverSlot {
             active: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(profile.mode)),
             skills_mask: AtomicU64::new(skills_mask),
-            filed: Mutex::new(None),
+            filed: Mutex::new(Filed::default()),
             counts,
             profile: RwLock::new(profile),
         }
@@ -141,17 +142,46 @@ impl CaregiverSlot {
         }
     }
 
+    /// Counts the slot into `status` (before it enters it): the roster's
+    /// count, and for a free status the free count of the block it is filed in.
+    fn enter(&self, status: u8) {
+        self.counts.enter(status);
+        if let Some(k) = free_kind(status) {
+            let mut filed = self.filed.lock();
+            filed.net[k] += 1;
+            if let Some(at) = filed.at {
+                self.counts.block(at, k).fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Counts the slot out of `status` (after it has left it).
+    fn leave(&self, status: u8) {
+        if let Some(k) = free_kind(status) {
+            let mut filed = self.filed.lock();
+            filed.net[k] -= 1;
+            if let Some(at) = filed.at {
+                self.counts.block(at, k).fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.counts.leave(status);
+    }
+
+    pub(crate) fn counts(&self) -> &Arc<StatusCounts> {
+        &self.counts
+    }
+
     /// Takes the caregiver for `incident`: succeeds only if the caregiver is
     /// `Available` (or `OnVisit` when `preempt_visit`), atomically.
     pub fn try_claim(&self, incident: IncidentId, preempt_visit: bool) -> bool {
         let busy = CaregiverStatus::Busy as u8;
-        self.counts.enter(busy);
+        self.enter(busy);
         let from = [CaregiverStatus::Available, CaregiverStatus::OnVisit]
             .into_iter()
             .take(if preempt_visit { 2 } else { 1 })
             .find(|from| self.status.compare_exchange(*from as u8, busy, Ordering::AcqRel, Ordering::Acquire).is_ok());
         let claimed = from.is_some();
-        self.counts.leave(from.map_or(busy, |f| f as u8));
+        self.leave(from.map_or(busy, |f| f as u8));
         if claimed {
             let prev = self.active.swap(incident.0, Ordering::AcqRel);
             debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
@@ -162,9 +192,9 @@ impl CaregiverSlot {
     /// Frees the caregiver if, and only if, `incident` holds it. Returns whether it did.
     pub fn release(&self, incident: IncidentId) -> bool {
         if self.active.compare_exchange(incident.0, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.counts.enter(CaregiverStatus::Available as u8);
+            self.enter(CaregiverStatus::Available as u8);
             let from = self.status.swap(CaregiverStatus::Available as u8, Ordering::AcqRel);
-            self.counts.leave(from);
+            self.leave(from);
             true
         } else {
             false
@@ -174,9 +204,9 @@ impl CaregiverSlot {
     /// Restores a claim read back from the journal after a restart.
     pub(crate) fn restore_claim(&self, incident: IncidentId) {
         self.active.store(incident.0, Ordering::Release);
-        self.counts.enter(CaregiverStatus::Busy as u8);
+        self.enter(CaregiverStatus::Busy as u8);
         let from = self.status.swap(CaregiverStatus::Busy as u8, Ordering::AcqRel);
-        self.counts.leave(from);
+        self.leave(from);
     }
 
     /// Sets a duty status chosen by the caregiver. Refused while the caregiver
@@ -184,15 +214,15 @@ impl CaregiverSlot {
     pub(crate) fn set_duty(&self, status: CaregiverStatus) -> Result<(), IncidentId> {
         debug_assert!(status != CaregiverStatus::Busy);
         let mut cur = self.status.load(Ordering::Acquire);
-        self.counts.enter(status as u8);
+        self.enter(status as u8);
         loop {
             if cur == CaregiverStatus::Busy as u8 {
-                self.counts.leave(status as u8);
+                self.leave(status as u8);
                 return Err(self.active_incident().unwrap_or(IncidentId(0)));
             }
             match self.status.compare_exchange(cur, status as u8, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    self.counts.leave(cur);
+                    self.leave(cur);
                     return Ok(());
                 }
                 Err(now) => cur = now,
@@ -208,20 +238,67 @@ impl CaregiverSlot {
 /// proves that nobody has the status (dispatch then skips the index search,
 /// which is what keeps a storm in which everyone is busy cheap), and at rest
 /// the counts are exact.
-#[derive(Debug, Default)]
-pub struct StatusCounts([AtomicI64; 4]);
+///
+/// The same rule keeps a count per block of the index, travel mode and free
+/// status (`Available`, `OnVisit`) of the caregivers filed there: a search
+/// skips every cell of a block whose count is zero, so a storm in which only
+/// a few are free somewhere does not read the whole city per alarm. A slot's
+/// share moves with it (see [`Filed`]).
+#[derive(Debug)]
+pub struct StatusCounts {
+    all: [AtomicI64; 4],
+    /// Per block, mode and free kind.
+    blocks: Box<[[[AtomicI64; 2]; 3]]>,
+}
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        StatusCounts { all: Default::default(), blocks: (0..BLOCKS).map(|_| Default::default()).collect() }
+    }
+}
 
 impl StatusCounts {
     pub fn get(&self, status: CaregiverStatus) -> i64 {
-        self.0[status as usize].load(Ordering::SeqCst)
+        self.all[status as usize].load(Ordering::SeqCst)
     }
 
     fn enter(&self, status: u8) {
-        self.0[status as usize & 3].fetch_add(1, Ordering::SeqCst);
+        self.all[status as usize & 3].fetch_add(1, Ordering::SeqCst);
     }
 
     fn leave(&self, status: u8) {
-        self.0[status as usize & 3].fetch_sub(1, Ordering::SeqCst);
+        self.all[status as usize & 3].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The free count of kind `k` (0 `Available`, 1 `OnVisit`) at a filing's block and mode.
+    pub(crate) fn block(&self, at: Filing, k: usize) -> &AtomicI64 {
+        &self.blocks[at.block][at.mode][k]
+    }
+
+    /// Whether block `block` may hold a caregiver of mode `m` that a search
+    /// admits: an `Available` one, or an `OnVisit` one when `on_visit`.
+    pub(crate) fn may_be_free(&self, block: usize, m: usize, on_visit: bool) -> bool {
+        let c = &self.blocks[block][m];
+        c[0].load(Ordering::SeqCst) > 0 || (on_visit && c[1].load(Ordering::SeqCst) > 0)
+    }
+}
+
+/// Where a slot is filed and its net share of the free counts there, by kind
+/// (raised before the slot enters a free status, lowered after it leaves).
+/// The index moves the share with the slot: it raises the new block before
+/// the slot appears there and lowers the old one after it is gone there.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Filed {
+    pub(crate) at: Option<Filing>,
+    pub(crate) net: [i64; 2],
+}
+
+/// The free-count kind of a status, if it is one a search may take.
+fn free_kind(status: u8) -> Option<usize> {
+    match status {
+        s if s == CaregiverStatus::Available as u8 => Some(0),
+        s if s == CaregiverStatus::OnVisit as u8 => Some(1),
+        _ => None,
     }
 }
 

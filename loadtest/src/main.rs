@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// mimalloc, as the server ships with: the generator allocates a message per
+/// alarm on several threads and must not be what limits a run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;

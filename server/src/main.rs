@@ -6,6 +6,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use server::config::{log_format, Config, RawConfig};
 
+/// mimalloc: per-thread free lists instead of glibc's arenas; the alarm path
+/// allocates small short-lived objects on several threads (see ARCHITECTURE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Anxin (安心): real-time alarm dispatch and monthly visit planning for
 /// community elder care.
 ///
