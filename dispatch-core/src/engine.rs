@@ -10,7 +10,7 @@
 //! Architecture Invariant: every state change is appended to the journal
 //! before the caller hears of it and before it is published.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -41,6 +41,12 @@ pub trait Journal: Send + Sync {
     /// Reads back an incident that is no longer held in memory (closed and
     /// evicted), if the journal can.
     fn load(&self, _id: IncidentId) -> Option<Incident> {
+        None
+    }
+
+    /// The incident an idempotency key led to, for a key no longer held in
+    /// memory (past `key_window_ms`), if the journal can.
+    fn load_by_key(&self, _key: &IdempotencyKey) -> Option<Incident> {
         None
     }
 }
@@ -133,6 +139,15 @@ pub struct DispatchConfig {
     /// Closed incidents stay in memory this long (for consoles), then are
     /// read back from the journal when asked for.
     pub retain_closed_ms: i64,
+    /// At most this many closed incidents stay in memory (the oldest go
+    /// first): a storm of 10,000 alarms a second would otherwise hold
+    /// millions for `retain_closed_ms`.
+    pub max_closed_in_memory: usize,
+    /// An idempotency key is remembered this long after the alarm (and at
+    /// least while its incident is open): a retry within it returns the
+    /// original incident; a key older than this is a new alarm. Lookups by
+    /// key for consoles read the journal past it.
+    pub key_window_ms: i64,
     /// Candidates fetched per match.
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
@@ -158,6 +173,8 @@ impl Default for DispatchConfig {
             urgent_lane: 8192,
             max_deferred: 100_000,
             retain_closed_ms: 600_000,
+            max_closed_in_memory: 100_000,
+            key_window_ms: 86_400_000,
             candidates: 8,
             max_offers: 5,
             arrival_overdue_factor: 2.0,
@@ -271,6 +288,8 @@ pub struct Dispatcher {
     deferred: SegQueue<IncidentId>,
     /// Closed incidents in closing order, evicted from memory after `retain_closed_ms`.
     closed: Mutex<VecDeque<(i64, IncidentId)>>,
+    /// Keys in the order they were taken in, forgotten after `key_window_ms`.
+    key_log: Mutex<VecDeque<(i64, IdempotencyKey)>>,
     kpis: Kpis,
 }
 
@@ -369,6 +388,7 @@ impl Dispatcher {
             lanes: Lanes::default(),
             deferred: SegQueue::new(),
             closed: Mutex::new(VecDeque::new()),
+            key_log: Mutex::new(VecDeque::new()),
             kpis: Kpis::default(),
         }
     }
@@ -656,8 +676,10 @@ impl Dispatcher {
                 let mut held = Vec::with_capacity(staged.len());
                 let mut timers = Vec::with_capacity(staged.len());
                 let mut first_offers = Vec::with_capacity(staged.len());
+                let mut keys = Vec::with_capacity(staged.len());
+                let now = self.now_ms();
                 for s in staged {
-                    let Staged { slot, mut key_guard, mut guard, next: inc, lane, source, .. } = s;
+                    let Staged { slot, key, mut key_guard, mut guard, next: inc, lane, source, .. } = s;
                     let merged = lane.is_none();
                     if merged {
                         self.kpis.merged.fetch_add(1, Ordering::Relaxed);
@@ -673,6 +695,7 @@ impl Dispatcher {
                         }
                     }
                     *key_guard = KeyState::Done(inc.id);
+                    keys.push((now, key));
                     *guard = Some(inc.clone());
                     held.push((key_guard, guard, lane));
                     out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
@@ -681,6 +704,7 @@ impl Dispatcher {
                 // of each timer bucket per run, not per alarm.
                 self.kpis.record_first_offers(&first_offers);
                 self.timers.schedule_all(timers);
+                self.key_log.lock().extend(keys);
                 self.sink.publish(&events);
             }
             Err(e) => {
@@ -1137,6 +1161,7 @@ impl Dispatcher {
             changed += usize::from(fired);
         }
         self.evict_closed(now);
+        self.forget_keys(now);
         changed + self.drain_deferred()
     }
 
@@ -1228,9 +1253,12 @@ impl Dispatcher {
         }
     }
 
-    /// The incident an idempotency key led to, if it is known.
+    /// The incident an idempotency key led to, if it is known (a key past
+    /// its window is looked up in the journal).
     pub fn incident_by_key(&self, key: &IdempotencyKey) -> Option<Incident> {
-        let cell = self.keys.get(key).map(|c| c.clone())?;
+        let Some(cell) = self.keys.get(key).map(|c| c.clone()) else {
+            return self.journal.load_by_key(key);
+        };
         let id = match &*cell.lock() {
             KeyState::Done(id) => *id,
             _ => return None,
@@ -1263,16 +1291,43 @@ impl Dispatcher {
         self.kpis.snapshot(states)
     }
 
-    /// Drops closed incidents older than `retain_closed_ms` from memory.
+    /// Drops closed incidents older than `retain_closed_ms`, or beyond
+    /// `max_closed_in_memory`, from memory (the journal has them).
     fn evict_closed(&self, now: i64) {
         let mut closed = self.closed.lock();
         while let Some(&(at, id)) = closed.front() {
-            if at + self.config.retain_closed_ms > now {
+            if at + self.config.retain_closed_ms > now && closed.len() <= self.config.max_closed_in_memory {
                 break;
             }
             closed.pop_front();
             self.incidents.remove(&id);
         }
+    }
+
+    /// Forgets keys taken in more than `key_window_ms` ago whose incident is
+    /// closed; a key of an open incident waits for the next window.
+    fn forget_keys(&self, now: i64) {
+        let mut log = self.key_log.lock();
+        let mut keep = Vec::new();
+        while let Some((at, _)) = log.front() {
+            if at + self.config.key_window_ms > now {
+                break;
+            }
+            let Some((_, key)) = log.pop_front() else { break };
+            let Some(cell) = self.keys.get(&key).map(|c| c.clone()) else { continue };
+            // A key logged once durable is `Done` for good.
+            let id = match &*cell.lock() {
+                KeyState::Done(id) => *id,
+                _ => continue,
+            };
+            if self.open.contains_key(&id) {
+                keep.push((now, key));
+            } else {
+                // No key lock is taken under the map's shard lock.
+                self.keys.remove_if(&key, |_, c| Arc::ptr_eq(c, &cell));
+            }
+        }
+        log.extend(keep);
     }
 
     // --------------------------------------------------------------- restore
@@ -1282,13 +1337,17 @@ impl Dispatcher {
     /// every idempotency key seen. Idempotent: restoring twice changes nothing.
     pub fn restore(&self, incidents: Vec<Incident>, keys: Vec<(IdempotencyKey, IncidentId)>) {
         let now = self.now_ms();
+        // When each incident last took an alarm in, and whether it is open:
+        // keys older than the window of closed incidents are not restored.
+        let mut last_alarm: HashMap<IncidentId, (i64, bool)> = HashMap::with_capacity(incidents.len());
         for inc in incidents {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
             let known = self.incidents.contains_key(&inc.id);
             if !known {
                 self.kpis.observe(None, &inc);
             }
-            self.keys.insert(inc.key.clone(), Arc::new(Mutex::new(KeyState::Done(inc.id))));
+            last_alarm.insert(inc.id, (inc.last_alarm_ms.max(inc.received_ms), inc.state.is_open()));
+            self.restore_key(inc.key.clone(), inc.id, &last_alarm, now);
             if inc.state.is_open() {
                 if inc.state.holds_caregiver() {
                     for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
@@ -1319,7 +1378,19 @@ impl Dispatcher {
             self.incidents.insert(inc.id, Arc::new(Mutex::new(Some(inc))));
         }
         for (key, id) in keys {
-            self.keys.insert(key, Arc::new(Mutex::new(KeyState::Done(id))));
+            self.restore_key(key, id, &last_alarm, now);
+        }
+    }
+
+    /// Remembers a restored key unless its window has passed (see `key_window_ms`).
+    fn restore_key(&self, key: IdempotencyKey, id: IncidentId, last: &HashMap<IncidentId, (i64, bool)>, now: i64) {
+        let at = match last.get(&id) {
+            Some(&(at, open)) if open || at + self.config.key_window_ms > now => at,
+            Some(_) => return,
+            None => now,
+        };
+        if self.keys.insert(key.clone(), Arc::new(Mutex::new(KeyState::Done(id)))).is_none() {
+            self.key_log.lock().push_back((at, key));
         }
     }
 }

@@ -44,9 +44,13 @@ fn cg(id: &str) -> CaregiverId {
 }
 
 fn rig(caregivers: &[(&str, f64, f64)]) -> Rig {
+    rig_with(DispatchConfig::default(), caregivers)
+}
+
+fn rig_with(config: DispatchConfig, caregivers: &[(&str, f64, f64)]) -> Rig {
     let journal = Arc::new(MemJournal::default());
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let d = Dispatcher::new(DispatchConfig::default(), journal.clone(), Arc::new(NoSink), clock.clone());
+    let d = Dispatcher::new(config, journal.clone(), Arc::new(NoSink), clock.clone());
     for (id, lat, lon) in caregivers {
         d.upsert_caregiver(CaregiverProfile {
             id: cg(id),
@@ -430,6 +434,48 @@ fn closed_incidents_leave_memory_but_not_the_record_and_kpis_keep_counting() {
     assert!((k.acceptance_to_arrival.p50_ms - 240_000.0).abs() < 240.0, "{:?}", k.acceptance_to_arrival);
     assert_eq!(k.incidents_by_state.iter().find(|(s, _)| *s == IncidentState::Resolved).unwrap().1, 1);
     assert_eq!(k.open(), 0);
+}
+
+/// Memory stays bounded in a storm: closed incidents beyond the cap leave
+/// memory oldest first (still read back by id), and keys are forgotten after
+/// their window once their incident is closed, never while it is open.
+#[test]
+fn closed_incidents_are_capped_and_keys_expire_after_their_window() {
+    let config = DispatchConfig { max_closed_in_memory: 2, key_window_ms: 60_000, ..Default::default() };
+    let r = rig_with(config, &[("a", 43.880, 125.370)]);
+    let open = r.d.raise(alarm("open", AlarmKind::Fall, 43.88, 125.37)).unwrap().incident;
+    assert_eq!(open.state, IncidentState::Offered);
+    let closed: Vec<Incident> = (0..4)
+        .map(|i| {
+            let inc = r.d.raise(alarm(&format!("c{i}"), AlarmKind::LowBattery, 43.9, 125.4)).unwrap().incident;
+            r.clock.advance(1);
+            r.d.cancel(inc.id, "test").unwrap();
+            inc
+        })
+        .collect();
+    r.d.tick();
+    let held: Vec<IncidentId> = r.d.incidents(|i| !i.state.is_open()).iter().map(|i| i.id).collect();
+    assert_eq!(held, [closed[2].id, closed[3].id], "the two most recently closed stay");
+    for inc in &closed {
+        assert_eq!(r.d.incident(inc.id).unwrap().state, IncidentState::Cancelled, "read back from the journal");
+    }
+    r.clock.advance(59_000);
+    r.d.tick();
+    assert!(r.d.raise(alarm("c0", AlarmKind::LowBattery, 43.9, 125.4)).unwrap().duplicate, "within the window");
+    r.clock.advance(1_000);
+    r.d.tick();
+    let again = r.d.raise(alarm("c0", AlarmKind::LowBattery, 43.9, 125.4)).unwrap();
+    assert!(!again.duplicate, "past the window a key is a new alarm");
+    assert_ne!(again.incident.id, closed[0].id);
+    assert!(r.d.raise(alarm("open", AlarmKind::Fall, 43.88, 125.37)).unwrap().duplicate, "open: kept");
+    // Restoring skips keys of closed incidents past their window.
+    let fresh = rig_with(DispatchConfig { key_window_ms: 60_000, ..Default::default() }, &[]);
+    fresh.clock.advance(120_000);
+    let last =
+        |id| r.journal.events.lock().unwrap().iter().rev().find(|e| e.incident.id == id).unwrap().incident.clone();
+    fresh.d.restore(vec![last(closed[1].id), last(open.id)], vec![(closed[1].key.clone(), closed[1].id)]);
+    assert!(fresh.d.incident_by_key(&closed[1].key).is_none(), "forgotten (and this journal has no key lookup)");
+    assert_eq!(fresh.d.incident_by_key(&open.key).unwrap().id, open.id);
 }
 
 #[test]

@@ -26,6 +26,8 @@ use serde::Deserialize;
 /// urgent_lane = 8192       # urgent alarms taken in at once; more wait
 /// max_deferred = 100000    # beyond it routine alarms get RESOURCE_EXHAUSTED
 /// retain_closed_s = 600    # closed incidents stay in memory this long, then are read from the store
+/// max_closed_in_memory = 100000  # and at most this many (the oldest leave first)
+/// key_window_s = 86400     # a retried idempotency key within this is a duplicate; later, a new alarm
 /// kpi_log_s = 60           # the KPIs go to the log this often (0: never)
 /// [planning]
 /// service_min = 30          # visit length for registry elders
@@ -68,6 +70,8 @@ pub struct RawDispatch {
     pub urgent_lane: Option<usize>,
     pub max_deferred: Option<usize>,
     pub retain_closed_s: Option<f64>,
+    pub max_closed_in_memory: Option<usize>,
+    pub key_window_s: Option<f64>,
     pub kpi_log_s: Option<u64>,
 }
 
@@ -205,6 +209,15 @@ impl Config {
                 bail!("dispatch.retain_closed_s: {s} is not between 0 and 2592000");
             }
             dispatch.retain_closed_ms = (s * 1000.0) as i64;
+        }
+        if let Some(n) = d.max_closed_in_memory {
+            dispatch.max_closed_in_memory = n;
+        }
+        if let Some(s) = d.key_window_s {
+            if !(s.is_finite() && (60.0..=86_400.0 * 30.0).contains(&s)) {
+                bail!("dispatch.key_window_s: {s} is not between 60 and 2592000 (gateways retry within minutes)");
+            }
+            dispatch.key_window_ms = (s * 1000.0) as i64;
         }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {

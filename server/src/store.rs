@@ -345,6 +345,18 @@ impl Journal for Store {
             .ok()?;
         incident_from_pb(&p).ok()
     }
+
+    fn load_by_key(&self, key: &IdempotencyKey) -> Option<dispatch_core::Incident> {
+        let id: Option<i64> = {
+            let conn = self.reader.lock();
+            conn.query_row("SELECT incident_id FROM alarm_keys WHERE key = ?1", [key.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(|e| tracing::error!(key = %key, error = %e, "reading an alarm key failed"))
+                .ok()
+                .flatten()
+        };
+        self.load(IncidentId(id? as u64))
+    }
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Msg>) {
@@ -592,5 +604,42 @@ mod tests {
         let (_store, _w, snap) = Store::open(dir.path()).unwrap();
         assert_eq!(snap.elders.len(), 200);
         assert_eq!(snap.elders[0].name, "张三");
+    }
+
+    /// A key the dispatcher has forgotten (past its window) is still found
+    /// by key through the store, which is what `GetIncident` and
+    /// `anxin-loadtest verify` rely on; a write after the writer stopped
+    /// fails instead of waiting forever.
+    #[test]
+    fn forgotten_keys_are_read_back_and_writes_after_close_fail() {
+        use dispatch_core::{Alarm, AlarmKind, DispatchConfig, Dispatcher, ElderId, GeoPoint, IncidentState};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _) = Store::open(dir.path()).unwrap();
+        let config = DispatchConfig { key_window_ms: 0, ..Default::default() };
+        let d = Dispatcher::new(
+            config,
+            Arc::new(store.clone()),
+            Arc::new(dispatch_core::NoSink),
+            Arc::new(dispatch_core::SystemClock),
+        );
+        let key = IdempotencyKey::parse("key", "gw-1/42").unwrap();
+        let alarm = Alarm {
+            key: key.clone(),
+            elder: ElderId::parse("elder", "E1").unwrap(),
+            device: None,
+            kind: AlarmKind::LowBattery,
+            location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
+            occurred_ms: 0,
+            detail: String::new(),
+        };
+        let inc = d.raise(alarm.clone()).unwrap().incident;
+        assert_eq!(inc.state, IncidentState::Escalated, "nobody registered");
+        d.cancel(inc.id, "false alarm").unwrap();
+        d.tick();
+        assert_eq!(d.incident_by_key(&key).map(|i| i.id), Some(inc.id), "read back from the store");
+        assert!(!d.raise(alarm).unwrap().duplicate, "the dispatcher forgot the key");
+        drop(d);
+        writer.close();
+        assert!(store.write(WriteOp::Elder(pb::Elder { id: "E9".into(), ..Default::default() })).is_err());
     }
 }
