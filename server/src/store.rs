@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, elder_id TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS devices_by_elder ON devices (elder_id);
 CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
     caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS incidents_by_state ON incidents (state);
+DROP INDEX IF EXISTS incidents_by_state;
 CREATE TABLE IF NOT EXISTS incident_events (seq INTEGER PRIMARY KEY, incident_id INTEGER NOT NULL,
     kind INTEGER NOT NULL, at_ms INTEGER NOT NULL, caregiver_id TEXT, note TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_by_incident ON incident_events (incident_id);
