@@ -255,6 +255,9 @@ struct Staged<'a> {
 struct Run<'a> {
     staged: Vec<Staged<'a>>,
     events: Vec<IncidentEvent>,
+    /// Sources of the new incidents staged: a repeat of one of them ends the
+    /// run first, so it merges into the incident once that is durable.
+    new_sources: std::collections::HashSet<SourceKey, foldhash::fast::RandomState>,
 }
 
 /// Resolution of the incident timers, and their wheel's size (a revolution of 6.8 minutes;
@@ -550,12 +553,18 @@ impl Dispatcher {
         }
         let key = alarm.key.clone();
         let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
+        if run.new_sources.contains(&source) {
+            self.settle(run, out);
+        }
         let staged = match self.stage_merge(&alarm, &source, run, out) {
             Some(merge) => Ok(merge),
             None => self.stage_open(alarm, run, out),
         };
         match staged {
             Ok((guard, next, lane)) => {
+                if lane.is_some() {
+                    run.new_sources.insert(source.clone());
+                }
                 run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane, source });
                 None
             }
@@ -671,6 +680,7 @@ impl Dispatcher {
         }
         let events = std::mem::take(&mut run.events);
         let staged = std::mem::take(&mut run.staged);
+        run.new_sources.clear();
         match self.journal.append(&events) {
             Ok(()) => {
                 let mut held = Vec::with_capacity(staged.len());

@@ -177,6 +177,22 @@ fn a_batch_is_journalled_per_run_and_answered_in_order() {
     assert_eq!(r.journal.appends.load(Ordering::SeqCst), 4);
 }
 
+/// Repeats of one source inside one batch merge into the incident the first
+/// of them opened (one caregiver sent, not three), as they would one by one.
+#[test]
+fn repeats_within_a_batch_merge_into_the_first() {
+    let r = rig(&[("a", 43.880, 125.370), ("b", 43.881, 125.371)]);
+    let of_one =
+        |key| Alarm { elder: ElderId::parse("elder_id", "E-1").unwrap(), ..alarm(key, AlarmKind::Fall, 43.88, 125.37) };
+    let batch = vec![of_one("r1"), alarm("other", AlarmKind::Gas, 43.88, 125.37), of_one("r2"), of_one("r3")];
+    let out: Vec<RaiseOutcome> = r.d.raise_batch(batch).into_iter().map(|o| o.unwrap()).collect();
+    assert!(!out[0].merged && !out[1].merged);
+    assert!(out[2].merged && out[3].merged);
+    assert_eq!(out[2].incident.id, out[0].incident.id);
+    assert_eq!(out[3].incident.id, out[0].incident.id);
+    assert_eq!(r.d.incident(out[0].incident.id).unwrap().repeat_count, 2);
+}
+
 #[test]
 fn a_failed_batch_append_undoes_the_whole_run_and_its_keys_can_be_retried() {
     let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);

@@ -218,10 +218,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(limited!(
-            pb::alarm_service_server::AlarmServiceServer<AlarmApi>,
-            AlarmApi { state: state.clone() }
-        ))
+        .add_service(limited!(pb::alarm_service_server::AlarmServiceServer<AlarmApi>, AlarmApi::new(state.clone())))
         .add_service(limited!(
             pb::dispatch_service_server::DispatchServiceServer<DispatchApi>,
             DispatchApi { state: state.clone() }

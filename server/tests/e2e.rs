@@ -311,6 +311,48 @@ async fn duplicate_key_returns_the_original_incident() {
     server.shutdown().await.unwrap();
 }
 
+/// Concurrent unary calls are taken in together (one batch per burst): each
+/// caller still gets its own answer, errors included, and twenty concurrent
+/// retries of one key agree on one incident with exactly one original.
+#[tokio::test]
+async fn concurrent_unary_calls_each_get_their_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = boot(dir.path()).await;
+    district(&mut c).await;
+    let calls = (0..100)
+        .map(|i| alarm(&format!("u{i}"), "E1", pb::AlarmKind::LowBattery))
+        .chain((0..20).map(|_| alarm("same", "E1", pb::AlarmKind::Wandering)))
+        .chain(std::iter::once(alarm("bad", "nobody", pb::AlarmKind::Fall)))
+        .map(|req| {
+            let mut client = c.alarms.clone();
+            tokio::spawn(async move { (req.idempotency_key.clone(), client.raise_alarm(req).await) })
+        })
+        .collect::<Vec<_>>();
+    let (mut same, mut originals) = (std::collections::HashSet::new(), 0);
+    for call in calls {
+        let (key, out) = call.await.unwrap();
+        match key.as_str() {
+            "bad" => assert_eq!(out.unwrap_err().code(), Code::NotFound, "an unknown elder"),
+            "same" => {
+                let r = out.unwrap().into_inner();
+                same.insert(r.incident.unwrap().id);
+                originals += usize::from(!r.duplicate);
+            }
+            _ => {
+                // One elder's low-battery alarms: the first opens an incident,
+                // the repeats merge into it.
+                let r = out.unwrap().into_inner();
+                let inc = r.incident.unwrap();
+                assert!(!r.duplicate);
+                assert!(r.merged || inc.idempotency_key == key, "{key} answered with {}", inc.idempotency_key);
+                assert_eq!(inc.kind, pb::AlarmKind::LowBattery as i32);
+            }
+        }
+    }
+    assert_eq!((same.len(), originals), (1, 1));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_status_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use dispatch_core as core;
 use futures::FutureExt;
 use proto::v1 as pb;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,8 +20,54 @@ const STREAM_WINDOW: usize = 16_384;
 /// Alarms of one stream taken in together at most (see `raise_batch`).
 const STREAM_BATCH: usize = 1_024;
 
+/// Batches of unary `RaiseAlarm` calls being taken in at once, at most.
+const UNARY_IN_FLIGHT: usize = 4;
+
+/// A unary call waiting for intake, and where its answer goes.
+type Pending = (pb::RaiseAlarmRequest, oneshot::Sender<ApiResult<pb::RaiseAlarmResponse>>);
+
 pub struct AlarmApi {
-    pub state: Arc<AppState>,
+    state: Arc<AppState>,
+    unary: mpsc::Sender<Pending>,
+}
+
+impl AlarmApi {
+    /// The service, with its unary coalescer running on the current runtime:
+    /// concurrent `RaiseAlarm` calls are taken in together as one
+    /// `raise_batch` (one journal append, one blocking hand-off), the way a
+    /// stream's alarms are, instead of one blocking thread and one commit
+    /// wait each. Under light load a batch is one call, answered at once.
+    pub fn new(state: Arc<AppState>) -> Self {
+        let (unary, rx) = mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(coalesce(state.clone(), rx));
+        AlarmApi { state, unary }
+    }
+}
+
+/// Takes unary calls in batches: waits for a free batch slot, then takes
+/// every call that has arrived (so batches grow exactly when intake is busy).
+/// Ends when the service is dropped.
+async fn coalesce(state: Arc<AppState>, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(UNARY_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < STREAM_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            for (answer, out) in answers.into_iter().zip(take_in(state, &reqs).await) {
+                let _ = answer.send(out); // the caller may have gone
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Validates a request against the registry and turns it into a core alarm.
@@ -81,9 +127,23 @@ pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResul
 }
 
 /// Takes a batch in with one journal append per run (see
-/// `Dispatcher::raise_batch`) and answers each request in order, as `raise`
-/// answers one.
+/// `Dispatcher::raise_batch`) and acknowledges each request in order.
 pub async fn raise_batch(state: Arc<AppState>, reqs: Vec<pb::RaiseAlarmRequest>) -> Vec<pb::AlarmAck> {
+    let answers = take_in(state, &reqs).await;
+    reqs.into_iter()
+        .zip(answers)
+        .map(|(req, answer)| {
+            let result = match answer {
+                Ok(r) => pb::alarm_ack::Result::Accepted(r),
+                Err(e) => pb::alarm_ack::Result::Error(pb::AckError { code: e.code() as i32, message: e.to_string() }),
+            };
+            pb::AlarmAck { idempotency_key: req.idempotency_key, sequence: req.sequence, result: Some(result) }
+        })
+        .collect()
+}
+
+/// Answers each request of a batch, in order, as `raise` answers one.
+async fn take_in(state: Arc<AppState>, reqs: &[pb::RaiseAlarmRequest]) -> Vec<ApiResult<pb::RaiseAlarmResponse>> {
     let now = super::now_ms();
     let mut answers: Vec<Option<ApiResult<pb::RaiseAlarmResponse>>> = Vec::with_capacity(reqs.len());
     let (mut alarms, mut taken) = (Vec::with_capacity(reqs.len()), Vec::with_capacity(reqs.len()));
@@ -114,16 +174,7 @@ pub async fn raise_batch(state: Arc<AppState>, reqs: Vec<pb::RaiseAlarmRequest>)
             }
         }
     }
-    reqs.into_iter()
-        .zip(answers)
-        .map(|(req, answer)| {
-            let result = match answer.unwrap_or_else(|| Err(ApiError::Internal("alarm not answered".into()))) {
-                Ok(r) => pb::alarm_ack::Result::Accepted(r),
-                Err(e) => pb::alarm_ack::Result::Error(pb::AckError { code: e.code() as i32, message: e.to_string() }),
-            };
-            pb::AlarmAck { idempotency_key: req.idempotency_key, sequence: req.sequence, result: Some(result) }
-        })
-        .collect()
+    answers.into_iter().map(|a| a.unwrap_or_else(|| Err(ApiError::Internal("alarm not answered".into())))).collect()
 }
 
 /// The answer to `req` once intake took it in.
@@ -154,7 +205,14 @@ impl pb::alarm_service_server::AlarmService for AlarmApi {
         &self,
         request: Request<pb::RaiseAlarmRequest>,
     ) -> Result<Response<pb::RaiseAlarmResponse>, Status> {
-        Ok(Response::new(raise(self.state.clone(), request.into_inner()).await?))
+        let (answer, answered) = oneshot::channel();
+        if self.unary.send((request.into_inner(), answer)).await.is_err() {
+            return Err(ApiError::Unavailable("the server is shutting down".into()).into());
+        }
+        match answered.await {
+            Ok(out) => Ok(Response::new(out?)),
+            Err(_) => Err(ApiError::Internal("alarm not answered".into()).into()),
+        }
     }
 
     type StreamAlarmsStream = AckStream;
