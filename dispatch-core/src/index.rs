@@ -725,10 +725,15 @@ impl<'q> Search<'q> {
     fn scan_ring(&mut self, cells: &Cells, counts: &StatusCounts, m: usize, r: i32, guard: &Guard) {
         let rows = cells.rows;
         let on_visit = self.filter.allow_on_visit;
+        // The home cell and its neighbours are read anyway (prefetched at the
+        // start); further out, a block where nobody is free is skipped. The
+        // counts are written by every status change and move, so not reading
+        // them near home keeps the common query off those cache lines.
+        let check = r > 1;
         let visit = |s: &mut Self, row: i32, col: i32| {
             if (0..rows).contains(&row) && s.cell_lower_bound_m(row, col) <= s.reach_m[m] {
                 let b = cells.bucket(row, col);
-                if counts.may_be_free(Cells::block(b), m, on_visit) {
+                if !check || counts.may_be_free(Cells::block(b), m, on_visit) {
                     s.collect(m, cells.cell(m, b), guard);
                 }
             }
