@@ -875,6 +875,25 @@ mod tests {
         slot_with(grid, i, lat, lon, mode, 0)
     }
 
+    /// `n` free caregivers of every mode at points drawn by `spot`, filed in `grid`.
+    fn filed(
+        grid: &GridIndex,
+        n: usize,
+        seed: u64,
+        spot: impl Fn(&mut rand::rngs::StdRng) -> (f64, f64),
+    ) -> Arc<Vec<SlotRef>> {
+        let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let slots: Vec<SlotRef> = (0..n)
+            .map(|i| {
+                let (lat, lon) = spot(&mut rng);
+                slot(grid, i, lat, lon, modes[i % 3])
+            })
+            .collect();
+        slots.iter().for_each(|s| grid.upsert(s));
+        Arc::new(slots)
+    }
+
     fn admits(s: &CaregiverSlot, f: &MatchFilter<'_>) -> bool {
         let free = match s.status() {
             CaregiverStatus::Available => true,
@@ -1006,21 +1025,11 @@ mod tests {
     #[test]
     fn free_counts_follow_moves_and_status_changes() {
         let grid = Arc::new(GridIndex::default());
-        let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
         // About 0.3° square: several blocks of 0.04°.
         let spot = |rng: &mut rand::rngs::StdRng| (43.7 + rng.random::<f64>() * 0.3, 125.2 + rng.random::<f64>() * 0.3);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
         const SHARED: usize = 200;
         const THREADS: usize = 4;
-        let slots: Arc<Vec<SlotRef>> = Arc::new(
-            (0..SHARED + THREADS)
-                .map(|i| {
-                    let (lat, lon) = spot(&mut rng);
-                    slot(&grid, i, lat, lon, modes[i % 3])
-                })
-                .collect(),
-        );
-        slots.iter().for_each(|s| grid.upsert(s));
+        let slots = filed(&grid, SHARED + THREADS, 21, spot);
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let (grid, slots) = (grid.clone(), slots.clone());
@@ -1089,20 +1098,10 @@ mod tests {
     fn queries_during_moves_and_references_are_balanced() {
         let model = TravelModel::default();
         let grid = Arc::new(GridIndex::default());
-        let modes = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
         // A tight cluster, so cells overflow their inline entries.
         let spot =
             |rng: &mut rand::rngs::StdRng| (43.88 + rng.random::<f64>() * 0.01, 125.35 + rng.random::<f64>() * 0.01);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let slots: Arc<Vec<SlotRef>> = Arc::new(
-            (0..300)
-                .map(|i| {
-                    let (lat, lon) = spot(&mut rng);
-                    slot(&grid, i, lat, lon, modes[i % 3])
-                })
-                .collect(),
-        );
-        slots.iter().for_each(|s| grid.upsert(s));
+        let slots = filed(&grid, 300, 11, spot);
         let movers: Vec<_> = (0..2u64)
             .map(|t| {
                 let (grid, slots) = (grid.clone(), slots.clone());
