@@ -401,7 +401,7 @@ impl Cells {
         (row as usize & mask) << TORUS_BITS | (col as usize & mask)
     }
 
-    /// The occupancy block of a bucket.
+    /// The block (16 x 16 buckets, the unit of the free counts) of a bucket.
     fn block(bucket: usize) -> usize {
         let side = TORUS_BITS - BLOCK_BITS;
         (bucket >> TORUS_BITS >> BLOCK_BITS) << side | (bucket & (TORUS - 1)) >> BLOCK_BITS
