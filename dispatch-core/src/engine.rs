@@ -246,8 +246,6 @@ struct Staged<'a> {
     guard: ArcMutexGuard<RawMutex, Option<Incident>>,
     next: Incident,
     lane: Option<InLane<'a>>,
-    /// Filed under in `by_source` once durable (a new incident only).
-    source: SourceKey,
 }
 
 /// Alarms staged since the last journal append, and their events in order.
@@ -255,9 +253,10 @@ struct Staged<'a> {
 struct Run<'a> {
     staged: Vec<Staged<'a>>,
     events: Vec<IncidentEvent>,
-    /// Sources of the new incidents staged: a repeat of one of them ends the
-    /// run first, so it merges into the incident once that is durable.
-    new_sources: std::collections::HashSet<SourceKey, foldhash::fast::RandomState>,
+    /// The new incidents staged, by source: filed in `by_source` once
+    /// durable; a repeat of one of them ends the run first, so it merges
+    /// into the incident once that is durable.
+    opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
 }
 
 /// Resolution of the incident timers, and their wheel's size (a revolution of 6.8 minutes;
@@ -540,9 +539,8 @@ impl Dispatcher {
         if let Some(other) = existing {
             drop(key_guard);
             self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
-            // The creator holds the key until its outcome is durable, and it may be in this run.
-            self.settle(run, out);
-            let state = other.lock();
+            // The creator holds the key until its outcome is durable.
+            let state = self.lock_settling(run, out, || other.try_lock(), || other.lock());
             return Some(match &*state {
                 KeyState::Done(id) => self
                     .incident(*id)
@@ -553,7 +551,7 @@ impl Dispatcher {
         }
         let key = alarm.key.clone();
         let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
-        if run.new_sources.contains(&source) {
+        if run.opened.contains_key(&source) {
             self.settle(run, out);
         }
         let staged = match self.stage_merge(&alarm, &source, run, out) {
@@ -563,9 +561,9 @@ impl Dispatcher {
         match staged {
             Ok((guard, next, lane)) => {
                 if lane.is_some() {
-                    run.new_sources.insert(source.clone());
+                    run.opened.insert(source, next.id);
                 }
-                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane, source });
+                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane });
                 None
             }
             Err(e) => {
@@ -586,14 +584,7 @@ impl Dispatcher {
     ) -> Option<StagedIncident<'a>> {
         let id = *self.by_source.get(source)?;
         let cell = self.incidents.get(&id).map(|c| c.clone())?;
-        let guard = match cell.try_lock_arc() {
-            Some(g) => g,
-            None => {
-                // Possibly held by this run (an earlier repeat): settle it before waiting.
-                self.settle(run, out);
-                cell.lock_arc()
-            }
-        };
+        let guard = self.lock_settling(run, out, || cell.try_lock_arc(), || cell.lock_arc());
         let inc = guard.as_ref()?;
         let now = self.now_ms();
         if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
@@ -670,6 +661,22 @@ impl Dispatcher {
         Ok((guard, inc, Some(in_lane)))
     }
 
+    /// Takes a lock a run may be holding (a key or an incident it staged):
+    /// without waiting if it is free, else after settling the run, so a thread
+    /// never waits while holding a staged lock.
+    fn lock_settling<G>(
+        &self,
+        run: &mut Run<'_>,
+        out: &mut Answers,
+        try_lock: impl FnOnce() -> Option<G>,
+        lock: impl FnOnce() -> G,
+    ) -> G {
+        try_lock().unwrap_or_else(|| {
+            self.settle(run, out);
+            lock()
+        })
+    }
+
     /// Journals the run's events in one append, then makes its incidents
     /// visible, publishes and answers; or, if the journal fails, undoes the
     /// run (claims released, new incidents dropped, keys forgotten so a retry
@@ -680,7 +687,7 @@ impl Dispatcher {
         }
         let events = std::mem::take(&mut run.events);
         let staged = std::mem::take(&mut run.staged);
-        run.new_sources.clear();
+        let opened = std::mem::take(&mut run.opened);
         match self.journal.append(&events) {
             Ok(()) => {
                 let mut held = Vec::with_capacity(staged.len());
@@ -689,7 +696,7 @@ impl Dispatcher {
                 let mut keys = Vec::with_capacity(staged.len());
                 let now = self.now_ms();
                 for s in staged {
-                    let Staged { slot, key, mut key_guard, mut guard, next: inc, lane, source, .. } = s;
+                    let Staged { slot, key, mut key_guard, mut guard, next: inc, lane, .. } = s;
                     let merged = lane.is_none();
                     if merged {
                         self.kpis.merged.fetch_add(1, Ordering::Relaxed);
@@ -699,7 +706,6 @@ impl Dispatcher {
                         }
                         first_offers.extend(self.kpis.observe_new(&inc));
                         self.open.insert(inc.id, ());
-                        self.by_source.insert(source, inc.id);
                         if let Some(d) = self.deadline(&inc) {
                             timers.push((d, inc.id));
                         }
@@ -715,6 +721,9 @@ impl Dispatcher {
                 self.kpis.record_first_offers(&first_offers);
                 self.timers.schedule_all(timers);
                 self.key_log.lock().extend(keys);
+                for (source, id) in opened {
+                    self.by_source.insert(source, id);
+                }
                 self.sink.publish(&events);
             }
             Err(e) => {

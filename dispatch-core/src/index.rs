@@ -38,7 +38,7 @@ use crossbeam::epoch::{self, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
 use crate::geo::{GeoPoint, TravelMode, TravelModel, EARTH_RADIUS_KM};
-use crate::roster::{CaregiverSlot, SlotRef, StatusCounts, SHARED_BIT};
+use crate::roster::{unpack, CaregiverSlot, SlotRef, StatusCounts, SHARED_BIT};
 use crate::types::{CaregiverId, CaregiverStatus};
 
 const R_M: f64 = EARTH_RADIUS_KM * 1000.0;
@@ -169,10 +169,6 @@ fn sin_cos(x: f64) -> (f64, f64) {
     (sin, cos)
 }
 
-fn unpack(pos: u64) -> (f64, f64) {
-    (f32::from_bits((pos >> 32) as u32) as f64, f32::from_bits(pos as u32) as f64)
-}
-
 /// An upper bound of the squared chord of a great-circle distance (the chord
 /// is `2 sin(d / 2R) <= d / R`), so a point at exactly `distance_m` passes.
 fn chord2_limit(distance_m: f64) -> f64 {
@@ -185,10 +181,6 @@ fn chord2_limit(distance_m: f64) -> f64 {
 /// of both endpoints.
 fn chord2_to_m(c2: f64) -> f64 {
     2.0 * R_M * (c2.sqrt() / 2.0).min(1.0).asin()
-}
-
-fn pack(lat: f64, lon: f64) -> u64 {
-    ((lat as f32).to_bits() as u64) << 32 | (lon as f32).to_bits() as u64
 }
 
 /// Entries of a cell beyond its inline ones: a length and the entries in one
@@ -491,12 +483,13 @@ impl GridIndex {
     pub fn upsert(&self, slot: &SlotRef) {
         debug_assert!(Arc::ptr_eq(slot.counts(), &self.counts), "{} counts elsewhere", slot.id);
         let mut filed = slot.filed.lock();
-        let (lat, lon) = slot.position();
+        let pos = slot.packed_position();
+        let (lat, lon) = unpack(pos);
         let mode = mode_index(slot.mode());
         let cells = &self.cells;
         let (row, col) = cells.locate(lat, lon);
         let block = Cells::block(cells.bucket(row, col));
-        let to = Filing { mode, row, col, block, pos: pack(lat, lon) };
+        let to = Filing { mode, row, col, block, pos };
         if filed.at == Some(to) {
             return;
         }
@@ -758,8 +751,7 @@ impl<'q> Search<'q> {
     /// four times the haversine term of [`GeoPoint::distance_m`], computed
     /// from the latitude difference alone (the point's cosine by the addition
     /// formula), so a city-sized query needs no library trigonometry per entry.
-    fn chord2(&self, pos: u64) -> f64 {
-        let (lat, lon) = unpack(pos);
+    fn chord2(&self, lat: f64, lon: f64) -> f64 {
         let (sh, ch) = sin_cos(((lat - self.lat) / 2.0).to_radians());
         let (sin_d, cos_d) = (2.0 * sh * ch, 1.0 - 2.0 * sh * sh);
         let cos_p = self.cos_q * cos_d - self.sin_q * sin_d;
@@ -780,10 +772,11 @@ impl<'q> Search<'q> {
         // bound of the distance, so such entries fail without the haversine.
         let lat_reach = (self.reach_m[m] + SLACK_M) * DEG_PER_M;
         cell.read(guard).for_each(|e| {
-            if (unpack(e.pos).0 - self.lat).abs() > lat_reach {
+            let (lat, lon) = unpack(e.pos);
+            if (lat - self.lat).abs() > lat_reach {
                 return;
             }
-            let c2 = self.chord2(e.pos);
+            let c2 = self.chord2(lat, lon);
             if c2 <= limit {
                 // The status is read if this entry survives the sort; start
                 // its cache miss now, alongside the other cells'.

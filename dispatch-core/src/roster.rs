@@ -46,11 +46,13 @@ pub struct CaregiverSlot {
     profile: RwLock<CaregiverProfile>,
 }
 
+/// A position as two `f32` (lat, lon) in one word: how a slot holds it and
+/// how the index files it.
 fn pack(p: &GeoPoint) -> u64 {
     ((p.lat() as f32).to_bits() as u64) << 32 | (p.lon() as f32).to_bits() as u64
 }
 
-fn unpack(bits: u64) -> (f64, f64) {
+pub(crate) fn unpack(bits: u64) -> (f64, f64) {
     (f32::from_bits((bits >> 32) as u32) as f64, f32::from_bits(bits as u32) as f64)
 }
 
@@ -110,7 +112,12 @@ impl CaregiverSlot {
 
     /// Last known position (f32 precision, about a metre).
     pub fn position(&self) -> (f64, f64) {
-        unpack(self.position.load(Ordering::Relaxed))
+        unpack(self.packed_position())
+    }
+
+    /// The position as held: two `f32` packed by [`pack`].
+    pub(crate) fn packed_position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_position(&self, p: &GeoPoint, at_ms: i64) {
