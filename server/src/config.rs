@@ -162,17 +162,11 @@ impl Config {
             listen_s.parse().with_context(|| format!("listen: {listen_s:?} is not an address like 127.0.0.1:50051"))?;
         let mut dispatch = dispatch_core::DispatchConfig::default();
         let d = &raw.dispatch;
-        if let Some(s) = d.offer_timeout_s {
-            if !(s.is_finite() && (1.0..=3600.0).contains(&s)) {
-                bail!("dispatch.offer_timeout_s: {s} is not between 1 and 3600");
-            }
-            dispatch.offer_timeout_ms = (s * 1000.0) as i64;
+        if let Some(ms) = millis("offer_timeout_s", d.offer_timeout_s, 1.0, 3600.0, "")? {
+            dispatch.offer_timeout_ms = ms;
         }
-        if let Some(s) = d.merge_window_s {
-            if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
-                bail!("dispatch.merge_window_s: {s} is not between 0 and 86400");
-            }
-            dispatch.merge_window_ms = (s * 1000.0) as i64;
+        if let Some(ms) = millis("merge_window_s", d.merge_window_s, 0.0, 86_400.0, "")? {
+            dispatch.merge_window_ms = ms;
         }
         if let Some(km) = d.max_radius_km {
             if !(km.is_finite() && km > 0.0 && km <= 500.0) {
@@ -204,20 +198,15 @@ impl Config {
         if let Some(n) = d.max_deferred {
             dispatch.max_deferred = n;
         }
-        if let Some(s) = d.retain_closed_s {
-            if !(s.is_finite() && (0.0..=86_400.0 * 30.0).contains(&s)) {
-                bail!("dispatch.retain_closed_s: {s} is not between 0 and 2592000");
-            }
-            dispatch.retain_closed_ms = (s * 1000.0) as i64;
+        if let Some(ms) = millis("retain_closed_s", d.retain_closed_s, 0.0, 86_400.0 * 30.0, "")? {
+            dispatch.retain_closed_ms = ms;
         }
         if let Some(n) = d.max_closed_in_memory {
             dispatch.max_closed_in_memory = n;
         }
-        if let Some(s) = d.key_window_s {
-            if !(s.is_finite() && (60.0..=86_400.0 * 30.0).contains(&s)) {
-                bail!("dispatch.key_window_s: {s} is not between 60 and 2592000 (gateways retry within minutes)");
-            }
-            dispatch.key_window_ms = (s * 1000.0) as i64;
+        let hint = " (gateways retry within minutes)";
+        if let Some(ms) = millis("key_window_s", d.key_window_s, 60.0, 86_400.0 * 30.0, hint)? {
+            dispatch.key_window_ms = ms;
         }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {
@@ -235,6 +224,17 @@ impl Config {
             kpi_log_s,
             planning: PlanningConfig::from_raw(&raw.planning)?,
         })
+    }
+}
+
+/// Milliseconds of the seconds setting `dispatch.{name}`, if set, checked to
+/// lie in `lo..=hi` (`hint` ends the error).
+fn millis(name: &str, s: Option<f64>, lo: f64, hi: f64, hint: &str) -> anyhow::Result<Option<i64>> {
+    match s {
+        Some(s) if !(s.is_finite() && (lo..=hi).contains(&s)) => {
+            bail!("dispatch.{name}: {s} is not between {lo} and {hi}{hint}")
+        }
+        s => Ok(s.map(|s| (s * 1000.0) as i64)),
     }
 }
 
@@ -263,6 +263,19 @@ mod tests {
         assert_eq!(Config::from_raw(&raw).unwrap().kpi_log_s, 0, "0 turns the KPI log off");
         let raw: RawConfig = toml::from_str("[dispatch]\nkpi_log_s = 100000").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.kpi_log_s"));
+        for (toml, message) in [
+            ("offer_timeout_s = 0.5", "dispatch.offer_timeout_s: 0.5 is not between 1 and 3600"),
+            ("retain_closed_s = -1", "dispatch.retain_closed_s: -1 is not between 0 and 2592000"),
+            (
+                "key_window_s = 10",
+                "dispatch.key_window_s: 10 is not between 60 and 2592000 (gateways retry within minutes)",
+            ),
+        ] {
+            let raw: RawConfig = toml::from_str(&format!("[dispatch]\n{toml}")).unwrap();
+            assert_eq!(Config::from_raw(&raw).unwrap_err().to_string(), message);
+        }
+        let raw: RawConfig = toml::from_str("[dispatch]\nkey_window_s = 3600").unwrap();
+        assert_eq!(Config::from_raw(&raw).unwrap().dispatch.key_window_ms, 3_600_000);
         let raw: RawConfig = toml::from_str("[dispatch]\nmax_radius_km = -1").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.max_radius_km"));
         assert!(toml::from_str::<RawConfig>("lisen = \"x\"").is_err(), "unknown keys are errors");

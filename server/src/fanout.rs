@@ -51,8 +51,13 @@ impl Fanout {
         }
     }
 
-    fn to_caregiver(&self, cg: &str, kind: pb::AssignmentEventKind, incident: &pb::Incident) {
-        let Some(tx) = self.caregivers.get(cg).map(|t| t.clone()) else { return };
+    fn to_caregiver(
+        &self,
+        cg: &str,
+        tx: &broadcast::Sender<pb::AssignmentEvent>,
+        kind: pb::AssignmentEventKind,
+        incident: &pb::Incident,
+    ) {
         if tx.send(self.assignment(kind, incident.clone())).is_err() {
             // Nobody listens any more; forget the channel unless someone re-subscribed.
             self.caregivers.remove_if(cg, |_, t| t.receiver_count() == 0);
@@ -80,8 +85,9 @@ impl dispatch_core::EventSink for Fanout {
                     }
                     EventKind::Created | EventKind::Deferred => None,
                 };
-                if let Some(kind) = kind.filter(|_| self.caregivers.contains_key(cg)) {
-                    self.to_caregiver(cg, kind, incident.get_or_insert_with(|| incident_pb(&e.incident)));
+                // Converted only if the caregiver's app is listening.
+                if let Some((kind, tx)) = kind.and_then(|k| Some((k, self.caregivers.get(cg)?.clone()))) {
+                    self.to_caregiver(cg, &tx, kind, incident.get_or_insert_with(|| incident_pb(&e.incident)));
                 }
             }
             // Sequence numbers count every event, listened to or not.

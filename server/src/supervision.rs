@@ -12,14 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{DeviceId, ElderId, Heard, Offline};
-use futures::StreamExt;
 use proto::v1 as pb;
 
 use crate::app::AppState;
 use crate::store::WriteOp;
-
-/// Offline alarms raised at once (each waits for its durable write).
-const CONCURRENT_RAISES: usize = 64;
 
 /// Starts (or stops, for an interval of 0) supervising a registry device.
 pub fn watch(state: &AppState, d: &pb::Device, last_heard_ms: i64) {
@@ -68,14 +64,14 @@ pub async fn check(state: &Arc<AppState>) -> usize {
             state.store.write_later(WriteOp::Device(d.clone()));
         }
     }
-    futures::stream::iter(offline)
-        .for_each_concurrent(CONCURRENT_RAISES, |o| async move {
-            let req = offline_alarm(&o);
-            if let Err(e) = crate::api::alarm::raise(state.clone(), req).await {
-                tracing::error!(device = %o.device, error = %e, "cannot raise the device-offline alarm");
-            }
-        })
-        .await;
+    // One batch, as a gateway's stream: a power cut silences thousands of
+    // devices at once, and their alarms share journal appends.
+    let reqs: Vec<pb::RaiseAlarmRequest> = offline.iter().map(offline_alarm).collect();
+    for (o, out) in offline.iter().zip(crate::api::alarm::raise_many(state.clone(), &reqs).await) {
+        if let Err(e) = out {
+            tracing::error!(device = %o.device, error = %e, "cannot raise the device-offline alarm");
+        }
+    }
     if n > 0 {
         tracing::warn!(devices = n, "devices fell silent; DEVICE_OFFLINE alarms raised");
     }

@@ -62,7 +62,7 @@ async fn coalesce(state: Arc<AppState>, mut rx: mpsc::Receiver<Pending>) {
         let state = state.clone();
         tokio::spawn(async move {
             let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            for (answer, out) in answers.into_iter().zip(take_in(state, &reqs).await) {
+            for (answer, out) in answers.into_iter().zip(raise_many(state, &reqs).await) {
                 let _ = answer.send(out); // the caller may have gone
             }
             drop(slot);
@@ -116,20 +116,10 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
     })
 }
 
-/// Validates, makes durable, dispatches. A retried key returns the original
-/// incident; a key reused for a different alarm is ALREADY_EXISTS.
-pub async fn raise(state: Arc<AppState>, req: pb::RaiseAlarmRequest) -> ApiResult<pb::RaiseAlarmResponse> {
-    let alarm = to_alarm(&state, &req, super::now_ms())?;
-    let span = tracing::debug_span!("dispatch.raise", key = %alarm.key);
-    let d = state.dispatcher.clone();
-    let out = blocking(move || span.in_scope(|| Ok(d.raise(alarm)?))).await?;
-    response(&req, out)
-}
-
 /// Takes a batch in with one journal append per run (see
 /// `Dispatcher::raise_batch`) and acknowledges each request in order.
 pub async fn raise_batch(state: Arc<AppState>, reqs: Vec<pb::RaiseAlarmRequest>) -> Vec<pb::AlarmAck> {
-    let answers = take_in(state, &reqs).await;
+    let answers = raise_many(state, &reqs).await;
     reqs.into_iter()
         .zip(answers)
         .map(|(req, answer)| {
@@ -142,8 +132,15 @@ pub async fn raise_batch(state: Arc<AppState>, reqs: Vec<pb::RaiseAlarmRequest>)
         .collect()
 }
 
-/// Answers each request of a batch, in order, as `raise` answers one.
-async fn take_in(state: Arc<AppState>, reqs: &[pb::RaiseAlarmRequest]) -> Vec<ApiResult<pb::RaiseAlarmResponse>> {
+/// Validates, makes durable and dispatches each request of a batch, with one
+/// journal append per run (see `Dispatcher::raise_batch`); answers in order.
+/// A retried key returns the original incident; a key reused for a different
+/// alarm is ALREADY_EXISTS. Every way in (unary calls, streams, device
+/// supervision) comes through here.
+pub async fn raise_many(
+    state: Arc<AppState>,
+    reqs: &[pb::RaiseAlarmRequest],
+) -> Vec<ApiResult<pb::RaiseAlarmResponse>> {
     let now = super::now_ms();
     let mut answers: Vec<Option<ApiResult<pb::RaiseAlarmResponse>>> = Vec::with_capacity(reqs.len());
     let (mut alarms, mut taken) = (Vec::with_capacity(reqs.len()), Vec::with_capacity(reqs.len()));
