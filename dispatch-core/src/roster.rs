@@ -52,6 +52,7 @@ fn pack(p: &GeoPoint) -> u64 {
     ((p.lat() as f32).to_bits() as u64) << 32 | (p.lon() as f32).to_bits() as u64
 }
 
+#[inline]
 pub(crate) fn unpack(bits: u64) -> (f64, f64) {
     (f32::from_bits((bits >> 32) as u32) as f64, f32::from_bits(bits as u32) as f64)
 }
