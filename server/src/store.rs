@@ -24,7 +24,10 @@ const MAX_BATCH: usize = 512;
 
 /// Tables made by older builds differ only in cost (`incident_events.seq` was
 /// AUTOINCREMENT, `alarm_keys` had a rowid): events are never deleted, so
-/// plain rowids stay increasing, and one key B-tree replaces two.
+/// plain rowids stay increasing, and one key B-tree replaces two. Builds
+/// before the journal table wrote one `incident_events` row per event; those
+/// rows stay where they are, and new events go to `incident_journal`, one
+/// row per append.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS elders (id TEXT PRIMARY KEY, body BLOB NOT NULL);
@@ -35,9 +38,7 @@ CREATE INDEX IF NOT EXISTS devices_by_elder ON devices (elder_id);
 CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
     caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
 DROP INDEX IF EXISTS incidents_by_state;
-CREATE TABLE IF NOT EXISTS incident_events (seq INTEGER PRIMARY KEY, incident_id INTEGER NOT NULL,
-    kind INTEGER NOT NULL, at_ms INTEGER NOT NULL, caregiver_id TEXT, note TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS events_by_incident ON incident_events (incident_id);
+CREATE TABLE IF NOT EXISTS incident_journal (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, events BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS plans (job_id TEXT PRIMARY KEY, month TEXT NOT NULL, created_ms INTEGER NOT NULL,
     phase INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL DEFAULT 0,
@@ -66,8 +67,8 @@ pub enum StoreError {
 /// One durable change.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    /// Incident events, encoded by the appending thread (see [`event_rows`]).
-    Events(Vec<EventRow>),
+    /// Incident events, encoded by the appending thread (see [`journal_rows`]).
+    Events(JournalRows),
     Elder(pb::Elder),
     Caregiver(pb::Caregiver),
     CaregiverState {
@@ -101,21 +102,21 @@ pub struct PlanRow {
     pub suggestions: Option<String>,
 }
 
-/// One incident event as stored, with the incident's snapshot when it is the
-/// incident's last event in its append.
+/// One append as stored: its events in one `incident_journal` row, each
+/// incident's snapshot once (from its last event; earlier ones would be
+/// overwritten in the same transaction) and the alarm keys it took in.
 #[derive(Debug, Clone)]
-pub struct EventRow {
-    incident_id: i64,
-    kind: i32,
+pub struct JournalRows {
     at_ms: i64,
-    caregiver: Option<String>,
-    note: String,
-    alarm_key: Option<String>,
-    snapshot: Option<IncidentRow>,
+    /// An encoded [`JournalRecord`].
+    events: Vec<u8>,
+    snapshots: Vec<IncidentRow>,
+    keys: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone)]
 struct IncidentRow {
+    id: i64,
     state: i32,
     elder_id: String,
     caregiver: Option<String>,
@@ -123,40 +124,72 @@ struct IncidentRow {
     body: Vec<u8>,
 }
 
-/// Encodes `events` for the writer: every event row, and each incident's
-/// snapshot once, from its last event (earlier ones would be overwritten in
-/// the same transaction). Runs on the appending thread, so the encoding of
-/// concurrent appends proceeds in parallel and the writer thread only writes.
-pub fn event_rows(events: &[IncidentEvent]) -> Vec<EventRow> {
+/// The events of one append, as kept in `incident_journal.events`: the audit
+/// trail of who was offered, declined, arrived and closed what, and when.
+/// (The incidents' states are in their snapshots; this is the history.)
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<EventRecord>,
+}
+
+/// One incident event in a [`JournalRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventRecord {
+    #[prost(uint64, tag = "1")]
+    pub incident_id: u64,
+    /// A `pb::IncidentEventKind`.
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    #[prost(int64, tag = "3")]
+    pub at_ms: i64,
+    #[prost(string, optional, tag = "4")]
+    pub caregiver_id: Option<String>,
+    #[prost(string, tag = "5")]
+    pub note: String,
+    #[prost(string, optional, tag = "6")]
+    pub alarm_key: Option<String>,
+}
+
+/// Encodes `events` for the writer. Runs on the appending thread, so the
+/// encoding of concurrent appends proceeds in parallel and the writer thread
+/// only writes.
+pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
     let mut seen = std::collections::HashSet::with_capacity(events.len());
-    let mut rows: Vec<EventRow> = events
-        .iter()
-        .rev()
-        .map(|e| {
-            let id = e.incident.id.0 as i64;
-            let snapshot = seen.insert(id).then(|| {
-                let body = incident_pb(&e.incident);
-                IncidentRow {
-                    state: body.state,
-                    elder_id: e.incident.elder.as_str().to_owned(),
-                    caregiver: e.incident.assigned.as_ref().map(|c| c.as_str().to_owned()),
-                    updated_ms: e.incident.updated_ms,
-                    body: body.encode_to_vec(),
-                }
+    let mut snapshots = Vec::with_capacity(events.len());
+    for e in events.iter().rev() {
+        let id = e.incident.id.0 as i64;
+        if seen.insert(id) {
+            let body = incident_pb(&e.incident);
+            snapshots.push(IncidentRow {
+                id,
+                state: body.state,
+                elder_id: e.incident.elder.as_str().to_owned(),
+                caregiver: e.incident.assigned.as_ref().map(|c| c.as_str().to_owned()),
+                updated_ms: e.incident.updated_ms,
+                body: body.encode_to_vec(),
             });
-            EventRow {
-                incident_id: id,
+        }
+    }
+    let keys = events
+        .iter()
+        .filter_map(|e| e.alarm_key.as_ref().map(|k| (k.as_str().to_owned(), e.incident.id.0 as i64)))
+        .collect();
+    let record = JournalRecord {
+        events: events
+            .iter()
+            .map(|e| EventRecord {
+                incident_id: e.incident.id.0,
                 kind: event_kind_pb(e.kind) as i32,
                 at_ms: e.at_ms,
-                caregiver: e.caregiver.as_ref().map(|c| c.as_str().to_owned()),
+                caregiver_id: e.caregiver.as_ref().map(|c| c.as_str().to_owned()),
                 note: e.note.clone(),
                 alarm_key: e.alarm_key.as_ref().map(|k| k.as_str().to_owned()),
-                snapshot,
-            }
-        })
-        .collect();
-    rows.reverse();
-    rows
+            })
+            .collect(),
+    };
+    let at_ms = events.iter().map(|e| e.at_ms).max().unwrap_or(0);
+    JournalRows { at_ms, events: record.encode_to_vec(), snapshots, keys }
 }
 
 struct Request {
@@ -329,7 +362,7 @@ impl Store {
 
 impl Journal for Store {
     fn append(&self, events: &[IncidentEvent]) -> Result<(), String> {
-        self.write(WriteOp::Events(event_rows(events)))
+        self.write(WriteOp::Events(journal_rows(events)))
     }
 
     fn load(&self, id: IncidentId) -> Option<dispatch_core::Incident> {
@@ -413,24 +446,20 @@ fn commit<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp>) -> 
 
 fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::Events(events) => {
-            let mut ev = tx.prepare_cached(
-                "INSERT INTO incident_events (incident_id, kind, at_ms, caregiver_id, note) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+        WriteOp::Events(rows) => {
+            tx.prepare_cached("INSERT INTO incident_journal (at_ms, events) VALUES (?1, ?2)")?
+                .execute(params![rows.at_ms, rows.events])?;
             let mut key = tx.prepare_cached("INSERT OR IGNORE INTO alarm_keys (key, incident_id) VALUES (?1, ?2)")?;
+            for (k, id) in &rows.keys {
+                key.execute(params![k, id])?;
+            }
             let mut inc = tx.prepare_cached(
                 "INSERT INTO incidents (id, state, elder_id, caregiver_id, updated_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, caregiver_id = excluded.caregiver_id,
                  updated_ms = excluded.updated_ms, body = excluded.body",
             )?;
-            for e in events {
-                ev.execute(params![e.incident_id, e.kind, e.at_ms, e.caregiver, e.note])?;
-                if let Some(k) = &e.alarm_key {
-                    key.execute(params![k, e.incident_id])?;
-                }
-                if let Some(i) = &e.snapshot {
-                    inc.execute(params![e.incident_id, i.state, i.elder_id, i.caregiver, i.updated_ms, i.body])?;
-                }
+            for i in &rows.snapshots {
+                inc.execute(params![i.id, i.state, i.elder_id, i.caregiver, i.updated_ms, i.body])?;
             }
         }
         WriteOp::Elder(e) => {
@@ -604,6 +633,49 @@ mod tests {
         let (_store, _w, snap) = Store::open(dir.path()).unwrap();
         assert_eq!(snap.elders.len(), 200);
         assert_eq!(snap.elders[0].name, "张三");
+    }
+
+    /// Every event of an append is in its journal row, in order, with its
+    /// alarm key; the stored snapshot is the incident's last state.
+    #[test]
+    fn journal_rows_keep_every_event_and_the_last_snapshot() {
+        use dispatch_core::{Alarm, AlarmKind, DispatchConfig, Dispatcher, ElderId, GeoPoint, IncidentState};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _) = Store::open(dir.path()).unwrap();
+        let d = Dispatcher::new(
+            DispatchConfig::default(),
+            Arc::new(store.clone()),
+            Arc::new(dispatch_core::NoSink),
+            Arc::new(dispatch_core::SystemClock),
+        );
+        let key = IdempotencyKey::parse("key", "gw-1/7").unwrap();
+        let alarm = Alarm {
+            key: key.clone(),
+            elder: ElderId::parse("elder", "E1").unwrap(),
+            device: None,
+            kind: AlarmKind::Fall,
+            location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
+            occurred_ms: 0,
+            detail: String::new(),
+        };
+        let inc = d.raise(alarm).unwrap().incident;
+        assert_eq!(inc.state, IncidentState::Escalated, "nobody registered");
+        drop((d, store));
+        writer.close();
+        let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+        let (at, body): (i64, Vec<u8>) =
+            conn.query_row("SELECT at_ms, events FROM incident_journal", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let record = JournalRecord::decode(&body[..]).unwrap();
+        let kinds: Vec<i32> = record.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds.first(), Some(&(pb::IncidentEventKind::Created as i32)));
+        assert_eq!(kinds.last(), Some(&(pb::IncidentEventKind::Escalated as i32)));
+        assert_eq!(record.events[0].alarm_key.as_deref(), Some("gw-1/7"));
+        assert!(record.events.iter().all(|e| e.incident_id == inc.id.0));
+        assert_eq!(at, record.events.iter().map(|e| e.at_ms).max().unwrap());
+        let (_s, _w, snap) = Store::open(dir.path()).unwrap();
+        assert_eq!(snap.incidents.len(), 1);
+        assert_eq!(snap.incidents[0].state, IncidentState::Escalated, "the last event's snapshot");
+        assert_eq!(snap.keys, vec![(key, inc.id)]);
     }
 
     /// A key the dispatcher has forgotten (past its window) is still found
