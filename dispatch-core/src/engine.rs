@@ -5,7 +5,12 @@
 //! Locking discipline (no global lock): an idempotency-key cell may be held
 //! while taking an incident lock, never the reverse; dashmap references are
 //! always dropped before any incident lock is taken; caregivers are claimed
-//! and released with atomics only.
+//! and released with atomics only. Intake stages alarms in runs that hold
+//! their keys and incidents until the run's journal append lands; a thread
+//! waits on a lock some run holds only while its own run holds nothing (else
+//! the run ends first, and the alarm is paused holding nothing), so every
+//! wait is on a run already handed to the journal, which finishing releases
+//! without waiting on anything.
 //!
 //! Architecture Invariant: every state change is appended to the journal
 //! before the caller hears of it and before it is published.
@@ -33,10 +38,22 @@ use crate::types::{
 };
 use crate::wheel::TimerWheel;
 
+/// Where a journal reports the outcome of one [`Journal::append_then`].
+pub type AppendDone = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
 /// Durable storage of incident events. Implemented by `server` over its store.
 pub trait Journal: Send + Sync {
     /// Makes `events` durable, all or nothing, before returning `Ok`.
     fn append(&self, events: &[IncidentEvent]) -> std::result::Result<(), String>;
+
+    /// Starts making `events` durable and calls `done` with the outcome once
+    /// they are, on whatever thread learns it (possibly before returning).
+    /// `done` must be called exactly once. A journal with a writer thread
+    /// overrides this so that no thread waits for the commit; the default
+    /// appends and answers on the calling thread.
+    fn append_then(&self, events: &[IncidentEvent], done: AppendDone) {
+        done(self.append(events))
+    }
 
     /// Reads back an incident that is no longer held in memory (closed and
     /// evicted), if the journal can.
@@ -218,6 +235,9 @@ enum KeyState {
     Pending,
     Done(IncidentId),
     Abandoned,
+    /// Let go by an alarm that paused (its run ended first): whoever waited
+    /// on it looks the key up again.
+    Released,
 }
 
 type IncidentCell = Arc<Mutex<Option<Incident>>>;
@@ -226,37 +246,149 @@ type IncidentCell = Arc<Mutex<Option<Incident>>>;
 /// per map, several times faster than SipHash on short ids and keys).
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
-/// Alarms staged by one `raise_batch` call, most per journal append.
+/// Alarms staged in one run, most per journal append.
 const MAX_RUN: usize = 1024;
 
 /// An incident staged by intake, locked until its events are durable, with
 /// its place in a lane (none for a merge into an open incident).
-type StagedIncident<'a> = (ArcMutexGuard<RawMutex, Option<Incident>>, Incident, Option<InLane<'a>>);
+type StagedIncident = (ArcMutexGuard<RawMutex, Option<Incident>>, Incident, Option<InLane>);
 
-/// Answers of a batch, by position.
-type Answers = [Option<Result<RaiseOutcome>>];
-
-/// One alarm taken in whose events wait for the run's journal append. Its
-/// key stays locked so that a retry waits for the outcome.
-struct Staged<'a> {
-    slot: usize,
-    key: IdempotencyKey,
-    key_cell: Arc<Mutex<KeyState>>,
-    key_guard: ArcMutexGuard<RawMutex, KeyState>,
-    guard: ArcMutexGuard<RawMutex, Option<Incident>>,
-    next: Incident,
-    lane: Option<InLane<'a>>,
+/// An idempotency key taken by an alarm: locked until its outcome is durable,
+/// so that a retry waits for it.
+struct KeyHold {
+    cell: Arc<Mutex<KeyState>>,
+    guard: ArcMutexGuard<RawMutex, KeyState>,
 }
 
-/// Alarms staged since the last journal append, and their events in order.
+/// One alarm taken in whose events wait for the run's journal append.
+struct Staged {
+    slot: usize,
+    key: IdempotencyKey,
+    held: KeyHold,
+    guard: ArcMutexGuard<RawMutex, Option<Incident>>,
+    next: Incident,
+    lane: Option<InLane>,
+}
+
+/// Alarms staged for one journal append, and their events in order.
 #[derive(Default)]
-struct Run<'a> {
-    staged: Vec<Staged<'a>>,
+struct Run {
+    staged: Vec<Staged>,
     events: Vec<IncidentEvent>,
     /// The new incidents staged, by source: filed in `by_source` once
     /// durable; a repeat of one of them ends the run first, so it merges
     /// into the incident once that is durable.
     opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
+}
+
+/// A batch of alarms being taken in, run by run: see
+/// [`Dispatcher::next_run`]. Each run is one journal append.
+pub struct Intake {
+    alarms: std::iter::Enumerate<std::vec::IntoIter<Alarm>>,
+    /// An alarm that met a lock or lane its run holds: taken in again, first,
+    /// by the next run. It holds nothing meanwhile.
+    paused: Option<(usize, Alarm)>,
+    out: Vec<Option<Result<RaiseOutcome>>>,
+}
+
+impl Intake {
+    /// The answers, in the order of the alarms, once `next_run` has returned
+    /// `None`.
+    pub fn into_answers(self) -> Vec<Result<RaiseOutcome>> {
+        debug_assert!(self.paused.is_none(), "answers taken with an alarm still paused");
+        self.out
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.unwrap_or_else(|| Err(DispatchError::Abandoned(format!("alarm {i} of the batch")))))
+            .collect()
+    }
+}
+
+/// The alarms of one run, staged and holding their keys, incidents, claims
+/// and lane places until their events are durable: hand it to
+/// [`Dispatcher::journal_run`], then the [`JournaledRun`] it gives back to
+/// [`Dispatcher::finish_run`]. Dropping a run unfinished abandons its alarms
+/// (their keys answer "abandoned" to retries) but keeps their claims: always
+/// finish a run.
+pub struct PendingRun(Run);
+
+impl PendingRun {
+    /// The events to make durable.
+    pub fn events(&self) -> &[IncidentEvent] {
+        &self.0.events
+    }
+
+    /// Alarms staged in the run.
+    pub fn len(&self) -> usize {
+        self.0.staged.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.staged.is_empty()
+    }
+}
+
+/// A run with the journal's outcome (only the journal's answer makes one),
+/// for [`Dispatcher::finish_run`].
+pub struct JournaledRun {
+    staged: Vec<Staged>,
+    opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
+    events: Arc<Vec<IncidentEvent>>,
+    outcome: std::result::Result<(), String>,
+}
+
+impl JournaledRun {
+    fn of(run: Run, events: Arc<Vec<IncidentEvent>>, outcome: std::result::Result<(), String>) -> Self {
+        JournaledRun { staged: run.staged, opened: run.opened, events, outcome }
+    }
+
+    /// Whether the run's events are durable.
+    pub fn is_durable(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// Hands a journaled run to its continuation exactly once: with the
+/// journal's answer, or, if the journal drops it unanswered, with an error.
+struct Completion {
+    run: Option<(Run, Arc<Vec<IncidentEvent>>)>,
+    done: Option<Box<dyn FnOnce(JournaledRun) + Send>>,
+}
+
+impl Completion {
+    fn call(&mut self, outcome: std::result::Result<(), String>) {
+        if let (Some((run, events)), Some(done)) = (self.run.take(), self.done.take()) {
+            done(JournaledRun::of(run, events, outcome));
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.call(Err("the journal dropped the append unanswered".into()));
+    }
+}
+
+/// A lock the run holds was met: the run ends first.
+struct Paused;
+
+/// What `stage_open` did with an alarm. (Moved once per alarm: boxing the
+/// large variant would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+enum Open {
+    Staged(StagedIncident),
+    /// The lane is full and the run holds places in it: the run ends first.
+    LaneFull(Alarm),
+}
+
+/// What taking one alarm in came to.
+#[allow(clippy::large_enum_variant)] // as `Open`
+enum Step {
+    Answered(Result<RaiseOutcome>),
+    Staged,
+    /// It would wait on something its run holds (a retried key, a second
+    /// repeat of one incident, a lane the run fills): the run ends first.
+    Pause(Alarm),
 }
 
 /// Resolution of the incident timers, and their wheel's size (a revolution of 6.8 minutes;
@@ -285,7 +417,7 @@ pub struct Dispatcher {
     index: GridIndex,
     /// Deadlines of open incidents (offer expiry, arrival overdue, pending dispatch).
     timers: TimerWheel<IncidentId>,
-    lanes: Lanes,
+    lanes: Arc<Lanes>,
     /// Routine incidents parked under overload, oldest first.
     deferred: SegQueue<IncidentId>,
     /// Closed incidents in closing order, evicted from memory after `retain_closed_ms`.
@@ -313,12 +445,19 @@ fn lane(s: Severity) -> usize {
 }
 
 /// Leaves a lane when dropped (on every return path of intake).
-struct InLane<'a> {
-    lanes: &'a Lanes,
+struct InLane {
+    lanes: Arc<Lanes>,
     lane: usize,
 }
 
-impl Drop for InLane<'_> {
+impl InLane {
+    fn enter(lanes: &Arc<Lanes>, lane: usize) -> Self {
+        lanes.in_flight[lane].fetch_add(1, Ordering::AcqRel);
+        InLane { lanes: lanes.clone(), lane }
+    }
+}
+
+impl Drop for InLane {
     fn drop(&mut self) {
         self.lanes.in_flight[self.lane].fetch_sub(1, Ordering::AcqRel);
         if self.lane == 1 {
@@ -387,7 +526,7 @@ impl Dispatcher {
             skills: SkillTable::default(),
             index: GridIndex::new(counts),
             timers: TimerWheel::new(TIMER_TICK_MS, TIMER_SLOTS, clock.now_ms()),
-            lanes: Lanes::default(),
+            lanes: Arc::default(),
             deferred: SegQueue::new(),
             closed: Mutex::new(VecDeque::new()),
             key_log: Mutex::new(VecDeque::new()),
@@ -495,208 +634,80 @@ impl Dispatcher {
 
     /// Takes a batch in, each alarm as [`raise`](Self::raise) takes it, with
     /// one journal append per run of alarms (group commit from the caller's
-    /// side). A run ends when it reaches `MAX_RUN`, or before an alarm that
-    /// would wait on something the run holds (a retried key, a second repeat of
-    /// one incident, a lane the run itself fills). Results come in the order of
-    /// `alarms`, each only once durable.
+    /// side), waiting for each append on this thread. Results come in the
+    /// order of `alarms`, each only once durable. Callers that must not wait
+    /// drive the same steps themselves: [`intake`](Self::intake),
+    /// [`next_run`](Self::next_run), [`journal_run`](Self::journal_run),
+    /// [`finish_run`](Self::finish_run).
     pub fn raise_batch(&self, alarms: Vec<Alarm>) -> Vec<Result<RaiseOutcome>> {
-        let mut out: Vec<Option<Result<RaiseOutcome>>> = alarms.iter().map(|_| None).collect();
+        let mut intake = self.intake(alarms);
+        while let Some(PendingRun(mut run)) = self.next_run(&mut intake) {
+            let events = Arc::new(std::mem::take(&mut run.events));
+            let outcome = self.journal.append(&events);
+            self.finish_run(&mut intake, JournaledRun::of(run, events, outcome));
+        }
+        intake.into_answers()
+    }
+
+    /// Starts taking a batch in.
+    pub fn intake(&self, alarms: Vec<Alarm>) -> Intake {
+        self.kpis.received.fetch_add(alarms.len() as u64, Ordering::Relaxed);
+        let out = alarms.iter().map(|_| None).collect();
+        Intake { alarms: alarms.into_iter().enumerate(), paused: None, out }
+    }
+
+    /// Stages the next run of `intake`: alarms are taken in until the run
+    /// reaches `MAX_RUN`, or before one that would wait on something the run
+    /// holds. Alarms answered at once (a retry of a durable key, a refusal)
+    /// are answered in `intake`. `None` once every alarm is answered.
+    ///
+    /// May block: on a key or incident another run holds (never while this
+    /// run holds anything) and, for urgent alarms, on room in their lane.
+    pub fn next_run(&self, intake: &mut Intake) -> Option<PendingRun> {
         let mut run = Run::default();
-        for (slot, alarm) in alarms.into_iter().enumerate() {
-            if run.staged.len() >= MAX_RUN {
-                self.settle(&mut run, &mut out);
-            }
-            if let Some(answer) = self.take_in(slot, alarm, &mut run, &mut out) {
-                out[slot] = Some(answer);
-            }
-        }
-        self.settle(&mut run, &mut out);
-        debug_assert!(out.iter().all(Option::is_some), "every alarm of a batch is answered");
-        out.into_iter()
-            .enumerate()
-            .map(|(i, r)| r.unwrap_or_else(|| Err(DispatchError::Abandoned(format!("alarm {i} of the batch")))))
-            .collect()
-    }
-
-    /// Stages one alarm in `run`, or answers it at once (a duplicate, a refusal).
-    fn take_in<'a>(
-        &'a self,
-        slot: usize,
-        alarm: Alarm,
-        run: &mut Run<'a>,
-        out: &mut Answers,
-    ) -> Option<Result<RaiseOutcome>> {
-        self.kpis.received.fetch_add(1, Ordering::Relaxed);
-        let key_cell = Arc::new(Mutex::new(KeyState::Pending));
-        let mut key_guard = key_cell.lock_arc();
-        let existing = match self.keys.entry(alarm.key.clone()) {
-            Entry::Occupied(e) => Some(e.get().clone()),
-            Entry::Vacant(v) => {
-                v.insert(key_cell.clone());
-                None
-            }
-        };
-        if let Some(other) = existing {
-            drop(key_guard);
-            self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
-            // The creator holds the key until its outcome is durable.
-            let state = self.lock_settling(run, out, || other.try_lock(), || other.lock());
-            return Some(match &*state {
-                KeyState::Done(id) => self
-                    .incident(*id)
-                    .map(|incident| RaiseOutcome { incident, duplicate: true, merged: false })
-                    .ok_or_else(|| DispatchError::UnknownIncident(id.to_string())),
-                KeyState::Pending | KeyState::Abandoned => Err(DispatchError::Abandoned(alarm.key.to_string())),
-            });
-        }
-        let key = alarm.key.clone();
-        let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
-        if run.opened.contains_key(&source) {
-            self.settle(run, out);
-        }
-        let staged = match self.stage_merge(&alarm, &source, run, out) {
-            Some(merge) => Ok(merge),
-            None => self.stage_open(alarm, run, out),
-        };
-        match staged {
-            Ok((guard, next, lane)) => {
-                if lane.is_some() {
-                    run.opened.insert(source, next.id);
+        while run.staged.len() < MAX_RUN {
+            let Some((slot, alarm)) = intake.paused.take().or_else(|| intake.alarms.next()) else { break };
+            match self.take_in(slot, alarm, &mut run) {
+                Step::Answered(answer) => intake.out[slot] = Some(answer),
+                Step::Staged => {}
+                Step::Pause(alarm) => {
+                    debug_assert!(!run.staged.is_empty(), "only a run holding something pauses");
+                    intake.paused = Some((slot, alarm));
+                    break;
                 }
-                run.staged.push(Staged { slot, key, key_cell, key_guard, guard, next, lane });
-                None
-            }
-            Err(e) => {
-                *key_guard = KeyState::Abandoned;
-                self.keys.remove_if(&key, |_, v| Arc::ptr_eq(v, &key_cell));
-                Some(Err(e))
             }
         }
+        (!run.staged.is_empty()).then_some(PendingRun(run))
     }
 
-    /// Stages a repeat into its open incident, if there is one within the window.
-    fn stage_merge<'a>(
-        &'a self,
-        alarm: &Alarm,
-        source: &SourceKey,
-        run: &mut Run<'a>,
-        out: &mut Answers,
-    ) -> Option<StagedIncident<'a>> {
-        let id = *self.by_source.get(source)?;
-        let cell = self.incidents.get(&id).map(|c| c.clone())?;
-        let guard = self.lock_settling(run, out, || cell.try_lock_arc(), || cell.lock_arc());
-        let inc = guard.as_ref()?;
-        let now = self.now_ms();
-        if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
-            return None;
-        }
-        let mut next = inc.clone();
-        next.repeat_count += 1;
-        next.last_alarm_ms = now;
-        next.updated_ms = now;
-        let mut ev = event(EventKind::Merged, &next, now, next.assigned.as_ref(), &alarm.detail);
-        ev.alarm_key = Some(alarm.key.clone());
-        run.events.push(ev);
-        Some((guard, next, None))
+    /// Hands the run's events to the journal. `done` gets the run back with
+    /// the journal's outcome, for [`finish_run`](Self::finish_run), on
+    /// whatever thread the journal answers on (possibly this one, before
+    /// returning): keep it short, hand the run on.
+    pub fn journal_run(&self, run: PendingRun, done: impl FnOnce(JournaledRun) + Send + 'static) {
+        let PendingRun(mut run) = run;
+        let events = Arc::new(std::mem::take(&mut run.events));
+        let mut completion = Completion { run: Some((run, events.clone())), done: Some(Box::new(done)) };
+        self.journal.append_then(&events, Box::new(move |outcome| completion.call(outcome)));
     }
 
-    /// Takes a new alarm into its severity lane — critical always, urgent when
-    /// its lane has room (waiting for it), routine when its lane has room, or
-    /// else parked as DEFERRED, or refused when the deferred backlog is full —
-    /// and stages its incident, dispatched unless deferred.
-    fn stage_open<'a>(&'a self, alarm: Alarm, run: &mut Run<'a>, out: &mut Answers) -> Result<StagedIncident<'a>> {
-        let severity = alarm.kind.severity();
-        let l = lane(severity);
-        let lanes = &self.lanes;
-        let limit = match severity {
-            Severity::Critical => usize::MAX,
-            Severity::Urgent => self.config.urgent_lane,
-            Severity::Routine => self.config.routine_lane,
-        };
-        if !run.staged.is_empty() && lanes.in_flight[l].load(Ordering::Acquire) >= limit {
-            // The run's own alarms hold places in the lane: settle them before judging it full.
-            self.settle(run, out);
-        }
-        let deferred_reason = match severity {
-            Severity::Critical => None,
-            Severity::Urgent => {
-                let mut guard = lanes.urgent_room.0.lock();
-                while lanes.in_flight[l].load(Ordering::Acquire) >= limit {
-                    lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
-                }
-                None
-            }
-            Severity::Routine => {
-                let busy = lanes.in_flight[l].load(Ordering::Acquire);
-                (busy >= limit).then(|| format!("routine lane full ({busy} alarms being taken in)"))
-            }
-        };
-        if deferred_reason.is_some() && lanes.deferred.fetch_add(1, Ordering::AcqRel) >= self.config.max_deferred {
-            lanes.deferred.fetch_sub(1, Ordering::AcqRel);
-            return Err(DispatchError::Overloaded(format!(
-                "routine lane full and {} routine alarms already deferred",
-                self.config.max_deferred
-            )));
-        }
-        lanes.in_flight[l].fetch_add(1, Ordering::AcqRel);
-        let in_lane = InLane { lanes, lane: l };
-        let now = self.now_ms();
-        let id = IncidentId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
-        let cell: IncidentCell = Arc::new(Mutex::new(None));
-        let guard = cell.lock_arc();
-        self.incidents.insert(id, cell);
-        let key = alarm.key.clone();
-        let mut inc = Incident::open(id, alarm, now);
-        let mut created = event(EventKind::Created, &inc, now, None, "");
-        created.alarm_key = Some(key);
-        run.events.push(created);
-        match deferred_reason {
-            Some(reason) => {
-                inc.state = IncidentState::Deferred;
-                inc.deferred_reason = Some(reason.clone());
-                run.events.push(event(EventKind::Deferred, &inc, now, None, &reason));
-            }
-            None => self.dispatch(&mut inc, now, &mut run.events),
-        }
-        Ok((guard, inc, Some(in_lane)))
-    }
-
-    /// Takes a lock a run may be holding (a key or an incident it staged):
-    /// without waiting if it is free, else after settling the run, so a thread
-    /// never waits while holding a staged lock.
-    fn lock_settling<G>(
-        &self,
-        run: &mut Run<'_>,
-        out: &mut Answers,
-        try_lock: impl FnOnce() -> Option<G>,
-        lock: impl FnOnce() -> G,
-    ) -> G {
-        try_lock().unwrap_or_else(|| {
-            self.settle(run, out);
-            lock()
-        })
-    }
-
-    /// Journals the run's events in one append, then makes its incidents
-    /// visible, publishes and answers; or, if the journal fails, undoes the
-    /// run (claims released, new incidents dropped, keys forgotten so a retry
-    /// starts afresh). The run's locks are held until its events are published.
-    fn settle(&self, run: &mut Run<'_>, out: &mut Answers) {
-        if run.staged.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut run.events);
-        let staged = std::mem::take(&mut run.staged);
-        let opened = std::mem::take(&mut run.opened);
-        match self.journal.append(&events) {
+    /// Completes a journaled run: makes its incidents visible, publishes and
+    /// answers in `intake`; or, if the journal failed, undoes it (claims
+    /// released, new incidents dropped, keys forgotten so a retry starts
+    /// afresh). The run's locks are held until its events are published.
+    /// Never blocks on anything a run holds.
+    pub fn finish_run(&self, intake: &mut Intake, run: JournaledRun) {
+        let JournaledRun { staged, opened, events, outcome } = run;
+        let out = &mut intake.out;
+        match outcome {
             Ok(()) => {
-                let mut held = Vec::with_capacity(staged.len());
+                let mut locked = Vec::with_capacity(staged.len());
                 let mut timers = Vec::with_capacity(staged.len());
                 let mut first_offers = Vec::with_capacity(staged.len());
                 let mut keys = Vec::with_capacity(staged.len());
                 let now = self.now_ms();
                 for s in staged {
-                    let Staged { slot, key, mut key_guard, mut guard, next: inc, lane, .. } = s;
+                    let Staged { slot, key, mut held, mut guard, next: inc, lane } = s;
                     let merged = lane.is_none();
                     if merged {
                         self.kpis.merged.fetch_add(1, Ordering::Relaxed);
@@ -710,10 +721,10 @@ impl Dispatcher {
                             timers.push((d, inc.id));
                         }
                     }
-                    *key_guard = KeyState::Done(inc.id);
+                    *held.guard = KeyState::Done(inc.id);
                     keys.push((now, key));
                     *guard = Some(inc.clone());
-                    held.push((key_guard, guard, lane));
+                    locked.push((held, guard, lane));
                     out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
                 }
                 // Recorded and scheduled together: one lock of the histogram and
@@ -736,12 +747,203 @@ impl Dispatcher {
                             self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
                         }
                     }
-                    *s.key_guard = KeyState::Abandoned;
-                    self.keys.remove_if(&s.key, |_, v| Arc::ptr_eq(v, &s.key_cell));
+                    self.abandon_key(&s.key, s.held);
                     out[s.slot] = Some(Err(DispatchError::Journal(e.clone())));
                 }
             }
         }
+    }
+
+    /// Pauses an alarm that took its key: the key is let go (a retry waiting
+    /// on it looks again), so that a paused alarm holds nothing.
+    fn pause_holding(&self, alarm: Alarm, mut held: KeyHold) -> Step {
+        *held.guard = KeyState::Released;
+        self.keys.remove_if(&alarm.key, |_, v| Arc::ptr_eq(v, &held.cell));
+        Step::Pause(alarm)
+    }
+
+    /// Lets go of a key whose alarm was not taken in: a retry waiting on it
+    /// hears "abandoned", later ones start afresh.
+    fn abandon_key(&self, key: &IdempotencyKey, mut held: KeyHold) {
+        *held.guard = KeyState::Abandoned;
+        self.keys.remove_if(key, |_, v| Arc::ptr_eq(v, &held.cell));
+    }
+
+    /// Takes one alarm into `run`, answers it at once (a retry of a durable
+    /// key, a refusal), or pauses it until the run is durable (holding
+    /// nothing meanwhile).
+    fn take_in(&self, slot: usize, alarm: Alarm, run: &mut Run) -> Step {
+        let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
+        if run.opened.contains_key(&source) {
+            // A repeat of an incident this run opens: it merges once that is durable.
+            return Step::Pause(alarm);
+        }
+        let held = loop {
+            let cell = Arc::new(Mutex::new(KeyState::Pending));
+            let guard = cell.lock_arc();
+            let existing = match self.keys.entry(alarm.key.clone()) {
+                Entry::Occupied(e) => e.get().clone(),
+                Entry::Vacant(v) => {
+                    v.insert(cell.clone());
+                    break KeyHold { cell, guard };
+                }
+            };
+            drop(guard);
+            // The creator holds the key until its outcome is durable.
+            let Some(state) = self.lock_or_pause(run, || existing.try_lock(), || existing.lock()) else {
+                return Step::Pause(alarm);
+            };
+            let id = match &*state {
+                KeyState::Done(id) => *id,
+                KeyState::Released => continue,
+                KeyState::Pending | KeyState::Abandoned => {
+                    self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Step::Answered(Err(DispatchError::Abandoned(alarm.key.to_string())));
+                }
+            };
+            drop(state);
+            // The incident may be held by a run too (this one, merging a repeat).
+            let Ok(found) = self.incident_or_pause(id, run) else { return Step::Pause(alarm) };
+            self.kpis.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Step::Answered(
+                found
+                    .map(|incident| RaiseOutcome { incident, duplicate: true, merged: false })
+                    .ok_or_else(|| DispatchError::UnknownIncident(id.to_string())),
+            );
+        };
+        let key = alarm.key.clone();
+        let staged = match self.stage_merge(&alarm, &source, run) {
+            Ok(Some(merge)) => Ok(merge),
+            Ok(None) => match self.stage_open(alarm, run) {
+                Ok(Open::Staged(open)) => Ok(open),
+                Ok(Open::LaneFull(alarm)) => return self.pause_holding(alarm, held),
+                Err(e) => Err(e),
+            },
+            Err(Paused) => return self.pause_holding(alarm, held),
+        };
+        match staged {
+            Ok((guard, next, lane)) => {
+                if lane.is_some() {
+                    run.opened.insert(source, next.id);
+                }
+                run.staged.push(Staged { slot, key, held, guard, next, lane });
+                Step::Staged
+            }
+            Err(e) => {
+                self.abandon_key(&key, held);
+                Step::Answered(Err(e))
+            }
+        }
+    }
+
+    /// Stages a repeat into its open incident, if there is one within the window.
+    fn stage_merge(
+        &self,
+        alarm: &Alarm,
+        source: &SourceKey,
+        run: &mut Run,
+    ) -> std::result::Result<Option<StagedIncident>, Paused> {
+        let Some(id) = self.by_source.get(source).map(|id| *id) else { return Ok(None) };
+        let Some(cell) = self.incidents.get(&id).map(|c| c.clone()) else { return Ok(None) };
+        let guard = self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?;
+        let Some(inc) = guard.as_ref() else { return Ok(None) };
+        let now = self.now_ms();
+        if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
+            return Ok(None);
+        }
+        let mut next = inc.clone();
+        next.repeat_count += 1;
+        next.last_alarm_ms = now;
+        next.updated_ms = now;
+        let mut ev = event(EventKind::Merged, &next, now, next.assigned.as_ref(), &alarm.detail);
+        ev.alarm_key = Some(alarm.key.clone());
+        run.events.push(ev);
+        Ok(Some((guard, next, None)))
+    }
+
+    /// Takes a new alarm into its severity lane — critical always, urgent when
+    /// its lane has room (waiting for it), routine when its lane has room, or
+    /// else parked as DEFERRED, or refused when the deferred backlog is full —
+    /// and stages its incident, dispatched unless deferred; or gives the
+    /// alarm back when the lane is full and the run holds places in it (the
+    /// run ends first).
+    fn stage_open(&self, alarm: Alarm, run: &mut Run) -> Result<Open> {
+        let severity = alarm.kind.severity();
+        let l = lane(severity);
+        let lanes = &self.lanes;
+        let limit = match severity {
+            Severity::Critical => usize::MAX,
+            Severity::Urgent => self.config.urgent_lane,
+            Severity::Routine => self.config.routine_lane,
+        };
+        let full = || lanes.in_flight[l].load(Ordering::Acquire) >= limit;
+        if !run.staged.is_empty() && full() {
+            // The run's own alarms may hold places in the lane: it ends before the lane is judged full.
+            return Ok(Open::LaneFull(alarm));
+        }
+        let deferred_reason = match severity {
+            Severity::Critical => None,
+            Severity::Urgent => {
+                let mut guard = lanes.urgent_room.0.lock();
+                while full() {
+                    if !run.staged.is_empty() {
+                        return Ok(Open::LaneFull(alarm));
+                    }
+                    lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
+                }
+                None
+            }
+            Severity::Routine => {
+                let busy = lanes.in_flight[l].load(Ordering::Acquire);
+                (busy >= limit).then(|| format!("routine lane full ({busy} alarms being taken in)"))
+            }
+        };
+        if deferred_reason.is_some() && lanes.deferred.fetch_add(1, Ordering::AcqRel) >= self.config.max_deferred {
+            lanes.deferred.fetch_sub(1, Ordering::AcqRel);
+            return Err(DispatchError::Overloaded(format!(
+                "routine lane full and {} routine alarms already deferred",
+                self.config.max_deferred
+            )));
+        }
+        let in_lane = InLane::enter(lanes, l);
+        let now = self.now_ms();
+        let id = IncidentId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let cell: IncidentCell = Arc::new(Mutex::new(None));
+        let guard = cell.lock_arc();
+        self.incidents.insert(id, cell);
+        let key = alarm.key.clone();
+        let mut inc = Incident::open(id, alarm, now);
+        let mut created = event(EventKind::Created, &inc, now, None, "");
+        created.alarm_key = Some(key);
+        run.events.push(created);
+        match deferred_reason {
+            Some(reason) => {
+                inc.state = IncidentState::Deferred;
+                inc.deferred_reason = Some(reason.clone());
+                run.events.push(event(EventKind::Deferred, &inc, now, None, &reason));
+            }
+            None => self.dispatch(&mut inc, now, &mut run.events),
+        }
+        Ok(Open::Staged((guard, inc, Some(in_lane))))
+    }
+
+    /// [`incident`](Self::incident) for intake: `Paused` instead of waiting
+    /// on an incident while the run holds anything.
+    fn incident_or_pause(&self, id: IncidentId, run: &Run) -> std::result::Result<Option<Incident>, Paused> {
+        match self.incidents.get(&id).map(|c| c.clone()) {
+            Some(cell) => {
+                Ok(self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?.clone())
+            }
+            None => Ok(self.journal.load(id)),
+        }
+    }
+
+    /// Takes a lock a run may be holding (a key or an incident it staged):
+    /// at once if it is free; else waits for it only if the run holds
+    /// nothing (so a thread never waits while holding a staged lock), or
+    /// returns `None` so that the run ends first.
+    fn lock_or_pause<G>(&self, run: &Run, try_lock: impl FnOnce() -> Option<G>, lock: impl FnOnce() -> G) -> Option<G> {
+        try_lock().or_else(|| run.staged.is_empty().then(lock))
     }
 
     // -------------------------------------------------------------- matching
@@ -1195,8 +1397,7 @@ impl Dispatcher {
                 break;
             }
             let Some(id) = self.deferred.pop() else { break };
-            lanes.in_flight[0].fetch_add(1, Ordering::AcqRel);
-            let _in_lane = InLane { lanes, lane: 0 };
+            let _in_lane = InLane::enter(lanes, 0);
             let res = self.update(id, |inc, now, events| {
                 if inc.state != IncidentState::Deferred {
                     return Ok(()); // cancelled or handled by a dispatcher meanwhile

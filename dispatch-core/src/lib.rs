@@ -17,8 +17,8 @@ pub mod types;
 pub mod wheel;
 
 pub use engine::{
-    CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Journal, ManualClock, NoJournal, NoSink, RaiseOutcome,
-    SystemClock,
+    AppendDone, CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Intake, Journal, JournaledRun,
+    ManualClock, NoJournal, NoSink, PendingRun, RaiseOutcome, SystemClock,
 };
 pub use error::{DispatchError, Result};
 pub use geo::{GeoPoint, TravelMode, TravelModel};

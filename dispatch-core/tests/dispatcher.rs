@@ -209,6 +209,112 @@ fn a_failed_batch_append_undoes_the_whole_run_and_its_keys_can_be_retried() {
     assert!(out.iter().all(|o| o.as_ref().is_ok_and(|o| !o.duplicate)), "{out:?}");
 }
 
+/// A retry of an alarm whose incident the same batch is merging a repeat
+/// into: the retry waits for the merge (the run ends first) instead of
+/// waiting on the incident its own run holds.
+#[test]
+fn a_retry_behind_a_merge_into_its_incident_in_one_batch_is_answered() {
+    let r = Arc::new(rig(&[("a", 43.880, 125.370)]));
+    let first = alarm("k1", AlarmKind::Wandering, 43.88, 125.37);
+    let id = r.d.raise(first.clone()).unwrap().incident.id;
+    let repeat = Alarm { key: IdempotencyKey::parse("k", "r1").unwrap(), ..first.clone() };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rr = r.clone();
+    std::thread::spawn(move || tx.send(rr.d.raise_batch(vec![repeat, first])).unwrap());
+    let out = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the batch is answered (no self-deadlock)");
+    let out: Vec<RaiseOutcome> = out.into_iter().map(Result::unwrap).collect();
+    assert!(out[0].merged && out[0].incident.id == id);
+    assert!(out[1].duplicate && out[1].incident.id == id);
+    assert_eq!(out[1].incident.repeat_count, 1, "the retry sees the merge that came before it");
+}
+
+/// A journal that answers when told, as a store's writer thread does after
+/// its commit; dropping a waiting answer is a journal losing it.
+#[derive(Default)]
+struct LaterJournal {
+    waiting: Mutex<Vec<AppendDone>>,
+}
+
+impl Journal for LaterJournal {
+    fn append(&self, _: &[IncidentEvent]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn append_then(&self, _: &[IncidentEvent], done: AppendDone) {
+        self.waiting.lock().unwrap().push(done);
+    }
+}
+
+/// Runs wait for their commit without a thread: several are in flight from
+/// one thread, each finished with its own outcome in any order; a retry of a
+/// key whose run is in flight waits for it; an answer the journal loses
+/// undoes its run.
+#[test]
+fn runs_in_flight_finish_in_any_order_with_their_own_outcome() {
+    let journal = Arc::new(LaterJournal::default());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let d = Arc::new(Dispatcher::new(DispatchConfig::default(), journal.clone(), Arc::new(NoSink), clock));
+    for (id, lat) in [("a", 43.880), ("b", 43.980), ("c", 44.080)] {
+        let home = p(lat, 125.37);
+        d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home, mode: TravelMode::Bike });
+        d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, JournaledRun)>();
+    let mut intakes = Vec::new();
+    for (i, lat) in [43.880, 43.980, 44.080].into_iter().enumerate() {
+        let mut intake = d.intake(vec![alarm(&format!("k{i}"), AlarmKind::Wandering, lat, 125.37)]);
+        let run = d.next_run(&mut intake).expect("a new alarm is staged");
+        assert_eq!(run.len(), 1);
+        let tx = tx.clone();
+        d.journal_run(run, move |j| tx.send((i, j)).unwrap());
+        intakes.push(Some(intake));
+    }
+    assert_eq!(journal.waiting.lock().unwrap().len(), 3, "three runs in flight from one thread");
+    let retry = {
+        let d = d.clone();
+        std::thread::spawn(move || d.raise(alarm("k0", AlarmKind::Wandering, 43.880, 125.37)))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!retry.is_finished(), "a retry waits while the original is in flight");
+    // The journal answers the second run with a failure, loses the first's
+    // answer, and commits the third.
+    let mut waiting = std::mem::take(&mut *journal.waiting.lock().unwrap());
+    let third = waiting.pop().unwrap();
+    let second = waiting.pop().unwrap();
+    second(Err("disk full".into()));
+    drop(waiting);
+    third(Ok(()));
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (i, journaled) = rx.recv().unwrap();
+        assert_eq!(journaled.is_durable(), i == 2);
+        let mut intake = intakes[i].take().unwrap();
+        d.finish_run(&mut intake, journaled);
+        assert!(d.next_run(&mut intake).is_none());
+        answers.push((i, intake.into_answers().pop().unwrap()));
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    assert!(matches!(&answers[0].1, Err(DispatchError::Journal(e)) if e.contains("unanswered")), "{answers:?}");
+    assert!(matches!(&answers[1].1, Err(DispatchError::Journal(e)) if e == "disk full"), "{answers:?}");
+    let kept = answers[2].1.as_ref().unwrap();
+    assert_eq!(kept.incident.assigned, Some(cg("c")));
+    for c in ["a", "b"] {
+        assert_eq!(d.caregiver(&cg(c)).unwrap().status, CaregiverStatus::Available, "{c}'s claim undone");
+    }
+    // The retry was of an alarm that was not stored: it hears so, and a
+    // later retry starts afresh.
+    assert!(matches!(retry.join().unwrap(), Err(DispatchError::Abandoned(_))));
+    let mut intake = d.intake(vec![alarm("k0", AlarmKind::Wandering, 43.880, 125.37)]);
+    let run = d.next_run(&mut intake).expect("taken in afresh");
+    let (tx, rx) = std::sync::mpsc::channel();
+    d.journal_run(run, move |j| tx.send(j).unwrap());
+    journal.waiting.lock().unwrap().pop().unwrap()(Ok(()));
+    d.finish_run(&mut intake, rx.recv().unwrap());
+    let out = intake.into_answers().pop().unwrap().unwrap();
+    assert!(!out.duplicate);
+    assert_eq!(out.incident.assigned, Some(cg("a")));
+}
+
 /// Batches from several threads share keys and sources: no deadlock, and
 /// every key leads to exactly one incident whatever thread answered it.
 #[test]
@@ -562,9 +668,13 @@ fn stress_one_incident_per_caregiver() {
             inc.state
         );
         if inc.state.holds_caregiver() {
-            let h = inc.assigned.clone().unwrap();
-            assert!(holders.insert(h.clone(), inc.id).is_none(), "{h} holds two incidents");
-            assert_eq!(r.d.caregiver(&h).unwrap().active_incident, Some(inc.id));
+            // The holder, and a critical alarm's second live offer (a decline
+            // by a lone holder re-dispatches it to two).
+            let co = inc.co_offer.iter().map(|(c, _)| c.clone());
+            for h in inc.assigned.clone().into_iter().chain(co) {
+                assert!(holders.insert(h.clone(), inc.id).is_none(), "{h} holds two incidents");
+                assert_eq!(r.d.caregiver(&h).unwrap().active_incident, Some(inc.id));
+            }
         }
     }
     for c in 0..6 {

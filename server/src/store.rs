@@ -192,9 +192,12 @@ pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
     JournalRows { at_ms, events: record.encode_to_vec(), snapshots, keys }
 }
 
+/// Where the outcome of one write goes, called on the writer thread.
+type Done = dispatch_core::AppendDone;
+
 struct Request {
     op: WriteOp,
-    done: Option<Arc<Reply>>,
+    done: Option<Done>,
 }
 
 /// The answer to one write, waited for by its sender. The waiter sleeps at
@@ -225,11 +228,11 @@ impl Reply {
 }
 
 impl Drop for Request {
-    /// A request dropped unanswered (the writer stopped) answers "closed", so
-    /// no sender waits forever.
+    /// A request dropped unanswered (the writer stopped, or never received
+    /// it) answers "closed", so no sender waits forever.
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.set(Err(StoreError::Closed.to_string()));
+            done(Err(StoreError::Closed.to_string()));
         }
     }
 }
@@ -346,11 +349,18 @@ impl Store {
 
     /// Writes `op` and waits until it is committed.
     pub fn write(&self, op: WriteOp) -> Result<(), String> {
-        let done = Arc::new(Reply::default());
-        if self.tx.send(Msg::Write(Request { op, done: Some(done.clone()) })).is_err() {
-            return Err(StoreError::Closed.to_string());
-        }
-        done.wait()
+        let reply = Arc::new(Reply::default());
+        let answer = reply.clone();
+        self.write_then(op, Box::new(move |res| answer.set(res)));
+        reply.wait()
+    }
+
+    /// Queues `op`; `done` is called on the writer thread once it is
+    /// committed (or failed, or the store stopped). Waits only if the queue
+    /// is full.
+    fn write_then(&self, op: WriteOp, done: Done) {
+        // A request the channel refuses is dropped, which answers "closed".
+        let _ = self.tx.send(Msg::Write(Request { op, done: Some(done) }));
     }
 
     /// Queues `op` without waiting (for state that is refreshed anyway, such
@@ -363,6 +373,12 @@ impl Store {
 impl Journal for Store {
     fn append(&self, events: &[IncidentEvent]) -> Result<(), String> {
         self.write(WriteOp::Events(journal_rows(events)))
+    }
+
+    /// Encodes on the calling thread; `done` runs on the writer thread once
+    /// the events are committed, so no thread waits for the commit.
+    fn append_then(&self, events: &[IncidentEvent], done: Done) {
+        self.write_then(WriteOp::Events(journal_rows(events)), done);
     }
 
     fn load(&self, id: IncidentId) -> Option<dispatch_core::Incident> {
@@ -431,7 +447,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Msg>) {
 
 fn reply(mut r: Request, res: Result<(), String>) {
     if let Some(done) = r.done.take() {
-        done.set(res);
+        done(res);
     }
 }
 

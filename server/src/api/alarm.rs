@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
-use super::blocking;
 use crate::app::AppState;
 use crate::convert::{alarm_kind, geo_opt, incident_pb, text, MAX_DETAIL_BYTES};
 use crate::error::{ApiError, ApiResult};
@@ -156,8 +156,7 @@ pub async fn raise_many(
     }
     if !alarms.is_empty() {
         let span = tracing::debug_span!("dispatch.raise_batch", alarms = alarms.len());
-        let d = state.dispatcher.clone();
-        match blocking(move || span.in_scope(|| Ok(d.raise_batch(alarms)))).await {
+        match take_in(&state, alarms).instrument(span).await {
             Ok(outs) => {
                 for (i, out) in taken.into_iter().zip(outs) {
                     answers[i] = Some(out.map_err(ApiError::from).and_then(|o| response(&reqs[i], o)));
@@ -172,6 +171,112 @@ pub async fn raise_many(
         }
     }
     answers.into_iter().map(|a| a.unwrap_or_else(|| Err(ApiError::Internal("alarm not answered".into())))).collect()
+}
+
+/// Takes `alarms` in run by run (see `Dispatcher::next_run`): each run is
+/// staged and handed to the journal by a stager thread (staging may wait on
+/// a lock another run holds, or on room in the urgent lane); once it is
+/// committed the store's writer hands it to the finisher thread, and the
+/// batch goes on with its next run. So batches waiting for the store neither
+/// need nor cost threads, the store's group commit gathers all of them, and
+/// a committed run is finished (its locks let go) without needing a runtime
+/// worker. Runs as its own task, so that a caller that goes away (a
+/// cancelled call, a stopped loop) never leaves a batch half taken in.
+async fn take_in(state: &Arc<AppState>, alarms: Vec<core::Alarm>) -> ApiResult<Vec<core::Result<core::RaiseOutcome>>> {
+    tokio::spawn(take_in_runs(state.clone(), alarms).in_current_span())
+        .await
+        .map_err(|e| ApiError::Internal(format!("intake task failed: {e}")))?
+}
+
+/// Where a batch is after a stager's turn.
+enum Staging {
+    /// A run is being committed; the batch comes back once it is finished.
+    Committing(oneshot::Receiver<core::Intake>),
+    /// Every alarm is answered.
+    Done(core::Intake),
+}
+
+async fn take_in_runs(
+    state: Arc<AppState>,
+    alarms: Vec<core::Alarm>,
+) -> ApiResult<Vec<core::Result<core::RaiseOutcome>>> {
+    let mut intake = state.dispatcher.intake(alarms);
+    loop {
+        let (d, finisher) = (state.dispatcher.clone(), state.finisher.clone());
+        let next = state.stagers.run(move || {
+            let Some(run) = d.next_run(&mut intake) else { return Staging::Done(intake) };
+            let (tx, rx) = oneshot::channel();
+            let finishing = d.clone();
+            d.journal_run(run, move |run| {
+                finisher.submit(Box::new(move || {
+                    finishing.finish_run(&mut intake, run);
+                    let _ = tx.send(intake);
+                }))
+            });
+            Staging::Committing(rx)
+        });
+        match next.await.ok_or_else(|| ApiError::Internal("staging an intake run failed".into()))? {
+            Staging::Committing(finished) => {
+                intake = finished.await.map_err(|_| ApiError::Internal("an intake run was not finished".into()))?;
+            }
+            Staging::Done(done) => return Ok(done.into_answers()),
+        }
+    }
+}
+
+/// A job for a [`Workers`] thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads of their own for alarm intake, fed through a queue: stagers (see
+/// [`STAGERS`]) and the finisher, which finishes journaled runs. Not the
+/// runtime's workers: a handler may block one on an incident a run holds
+/// until it is finished. Not the blocking pool: it starts a thread whenever
+/// none is idle at the instant a job arrives, so thousands of short staging
+/// jobs a second grew it to its 512-thread cap (each with its own allocator
+/// heap: gigabytes). A queued job holds no lock (a paused alarm lets its key
+/// go), so a fixed set of threads cannot deadlock: a stager waits only on
+/// runs already journaled, which the finisher finishes. Cheap to clone; the
+/// threads end with the last handle.
+#[derive(Clone)]
+pub struct Workers {
+    jobs: crossbeam::channel::Sender<Job>,
+}
+
+/// Stager threads. Staging is CPU work except when an alarm meets an incident
+/// or key a journaled run holds (a repeat or retry of an alarm being stored),
+/// where the thread waits for that commit; eight keep both cores busy
+/// through such waits.
+pub const STAGERS: usize = 8;
+
+impl Workers {
+    pub fn start(name: &str, threads: usize) -> std::io::Result<Self> {
+        let (jobs, rx) = crossbeam::channel::unbounded::<Job>();
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                for job in rx {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("an intake job panicked; its alarms are answered with an error");
+                    }
+                }
+            })?;
+        }
+        Ok(Workers { jobs })
+    }
+
+    /// Queues `job` (dropped, unrun, only once the threads have ended).
+    fn submit(&self, job: Job) {
+        let _ = self.jobs.send(job);
+    }
+
+    /// Runs `job` on one of the threads; `None` if it panicked.
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Box::new(move || {
+            let _ = tx.send(job());
+        }));
+        rx.await.ok()
+    }
 }
 
 /// The answer to `req` once intake took it in.

@@ -71,6 +71,20 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))?
 }
 
+/// Like [`blocking`], for work that waits for a store commit: at most
+/// [`crate::app::COMMIT_WAITERS`] such threads at once.
+pub async fn blocking_commit<T: Send + 'static>(
+    state: &crate::app::AppState,
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let _permit = state
+        .commit_waiters
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+    blocking(f).await
+}
+
 pub fn now_ms() -> i64 {
     use dispatch_core::Clock;
     dispatch_core::SystemClock.now_ms()
