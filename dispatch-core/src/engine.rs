@@ -313,11 +313,6 @@ impl Intake {
 pub struct PendingRun(Run);
 
 impl PendingRun {
-    /// The events to make durable.
-    pub fn events(&self) -> &[IncidentEvent] {
-        &self.0.events
-    }
-
     /// Alarms staged in the run.
     pub fn len(&self) -> usize {
         self.0.staged.len()

@@ -626,6 +626,7 @@ fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dispatch_core::{Alarm, AlarmKind, DispatchConfig, Dispatcher, ElderId, GeoPoint, IncidentState};
 
     #[test]
     fn writes_survive_reopen_and_group_commit_serves_concurrent_writers() {
@@ -651,30 +652,33 @@ mod tests {
         assert_eq!(snap.elders[0].name, "张三");
     }
 
+    /// A dispatcher journaling to `store`, with nobody registered.
+    fn dispatcher_on(store: &Store, config: DispatchConfig) -> Dispatcher {
+        let sink = Arc::new(dispatch_core::NoSink);
+        Dispatcher::new(config, Arc::new(store.clone()), sink, Arc::new(dispatch_core::SystemClock))
+    }
+
+    fn alarm(key: &IdempotencyKey, kind: AlarmKind) -> Alarm {
+        Alarm {
+            key: key.clone(),
+            elder: ElderId::parse("elder", "E1").unwrap(),
+            device: None,
+            kind,
+            location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
+            occurred_ms: 0,
+            detail: String::new(),
+        }
+    }
+
     /// Every event of an append is in its journal row, in order, with its
     /// alarm key; the stored snapshot is the incident's last state.
     #[test]
     fn journal_rows_keep_every_event_and_the_last_snapshot() {
-        use dispatch_core::{Alarm, AlarmKind, DispatchConfig, Dispatcher, ElderId, GeoPoint, IncidentState};
         let dir = tempfile::tempdir().unwrap();
         let (store, writer, _) = Store::open(dir.path()).unwrap();
-        let d = Dispatcher::new(
-            DispatchConfig::default(),
-            Arc::new(store.clone()),
-            Arc::new(dispatch_core::NoSink),
-            Arc::new(dispatch_core::SystemClock),
-        );
+        let d = dispatcher_on(&store, DispatchConfig::default());
         let key = IdempotencyKey::parse("key", "gw-1/7").unwrap();
-        let alarm = Alarm {
-            key: key.clone(),
-            elder: ElderId::parse("elder", "E1").unwrap(),
-            device: None,
-            kind: AlarmKind::Fall,
-            location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
-            occurred_ms: 0,
-            detail: String::new(),
-        };
-        let inc = d.raise(alarm).unwrap().incident;
+        let inc = d.raise(alarm(&key, AlarmKind::Fall)).unwrap().incident;
         assert_eq!(inc.state, IncidentState::Escalated, "nobody registered");
         drop((d, store));
         writer.close();
@@ -700,26 +704,11 @@ mod tests {
     /// fails instead of waiting forever.
     #[test]
     fn forgotten_keys_are_read_back_and_writes_after_close_fail() {
-        use dispatch_core::{Alarm, AlarmKind, DispatchConfig, Dispatcher, ElderId, GeoPoint, IncidentState};
         let dir = tempfile::tempdir().unwrap();
         let (store, writer, _) = Store::open(dir.path()).unwrap();
-        let config = DispatchConfig { key_window_ms: 0, ..Default::default() };
-        let d = Dispatcher::new(
-            config,
-            Arc::new(store.clone()),
-            Arc::new(dispatch_core::NoSink),
-            Arc::new(dispatch_core::SystemClock),
-        );
+        let d = dispatcher_on(&store, DispatchConfig { key_window_ms: 0, ..Default::default() });
         let key = IdempotencyKey::parse("key", "gw-1/42").unwrap();
-        let alarm = Alarm {
-            key: key.clone(),
-            elder: ElderId::parse("elder", "E1").unwrap(),
-            device: None,
-            kind: AlarmKind::LowBattery,
-            location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
-            occurred_ms: 0,
-            detail: String::new(),
-        };
+        let alarm = alarm(&key, AlarmKind::LowBattery);
         let inc = d.raise(alarm.clone()).unwrap().incident;
         assert_eq!(inc.state, IncidentState::Escalated, "nobody registered");
         d.cancel(inc.id, "false alarm").unwrap();
