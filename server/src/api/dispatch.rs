@@ -53,7 +53,13 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
             .map_err(|_| ApiError::invalid("min_severity", format!("{} is not a severity", req.min_severity)))?;
         // Subscribe before the snapshot so nothing falls between the two.
         let events = self.state.fanout.subscribe_console();
-        let snapshot = if req.include_open_snapshot { self.state.dispatcher.open_incidents() } else { Vec::new() };
+        // Reading incidents may wait for runs being committed: off the runtime's workers.
+        let snapshot = if req.include_open_snapshot {
+            let d = self.state.dispatcher.clone();
+            blocking(move || Ok(d.open_incidents())).await?
+        } else {
+            Vec::new()
+        };
         let keep = move |i: &pb::Incident| i.severity >= min as i32;
         let first: Vec<pb::IncidentEvent> = snapshot
             .iter()
@@ -124,14 +130,20 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let mut found = self.state.dispatcher.incidents(|i| {
-            i.id.0 > after
-                && (states.is_empty() || states.contains(&i.state))
-                && (req.elder_id.is_empty() || i.elder.as_str() == req.elder_id)
-                && (req.caregiver_id.is_empty()
-                    || i.assigned.as_ref().is_some_and(|c| c.as_str() == req.caregiver_id)
-                    || i.declined_by.iter().any(|c| c.as_str() == req.caregiver_id))
-        });
+        let d = self.state.dispatcher.clone();
+        let (elder_id, caregiver_id) = (req.elder_id, req.caregiver_id);
+        // Reading incidents may wait for runs being committed: off the runtime's workers.
+        let mut found = blocking(move || {
+            Ok(d.incidents(|i| {
+                i.id.0 > after
+                    && (states.is_empty() || states.contains(&i.state))
+                    && (elder_id.is_empty() || i.elder.as_str() == elder_id)
+                    && (caregiver_id.is_empty()
+                        || i.assigned.as_ref().is_some_and(|c| c.as_str() == caregiver_id)
+                        || i.declined_by.iter().any(|c| c.as_str() == caregiver_id))
+            }))
+        })
+        .await?;
         let more = found.len() > size;
         found.truncate(size);
         let next_page_token =
