@@ -17,11 +17,13 @@ use crate::error::{ApiError, ApiResult};
 
 /// Alarms of one stream read but not yet answered, at most.
 const STREAM_WINDOW: usize = 16_384;
-/// Alarms of one stream taken in together at most (see `raise_batch`).
+/// Alarms of one stream taken in together at most (see `raise_many`).
 const STREAM_BATCH: usize = 1_024;
 
-/// Batches of unary `RaiseAlarm` calls being taken in at once, at most.
-const UNARY_IN_FLIGHT: usize = 4;
+/// Batches of unary `RaiseAlarm` calls being taken in at once, at most. A
+/// batch waiting for its commit no longer holds a thread, so more of them
+/// can overlap: 16 gave ~15% more unary throughput than 4 here (BENCHMARKS).
+const UNARY_IN_FLIGHT: usize = 16;
 
 /// A unary call waiting for intake, and where its answer goes.
 type Pending = (pb::RaiseAlarmRequest, oneshot::Sender<ApiResult<pb::RaiseAlarmResponse>>);
