@@ -742,7 +742,7 @@ impl Dispatcher {
                             self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
                         }
                     }
-                    self.abandon_key(&s.key, s.held);
+                    self.let_go(&s.key, s.held, KeyState::Abandoned);
                     out[s.slot] = Some(Err(DispatchError::Journal(e.clone())));
                 }
             }
@@ -751,16 +751,16 @@ impl Dispatcher {
 
     /// Pauses an alarm that took its key: the key is let go (a retry waiting
     /// on it looks again), so that a paused alarm holds nothing.
-    fn pause_holding(&self, alarm: Alarm, mut held: KeyHold) -> Step {
-        *held.guard = KeyState::Released;
-        self.keys.remove_if(&alarm.key, |_, v| Arc::ptr_eq(v, &held.cell));
+    fn pause_holding(&self, alarm: Alarm, held: KeyHold) -> Step {
+        self.let_go(&alarm.key, held, KeyState::Released);
         Step::Pause(alarm)
     }
 
-    /// Lets go of a key whose alarm was not taken in: a retry waiting on it
-    /// hears "abandoned", later ones start afresh.
-    fn abandon_key(&self, key: &IdempotencyKey, mut held: KeyHold) {
-        *held.guard = KeyState::Abandoned;
+    /// Lets go of a key whose alarm was not taken in, leaving `state` to a
+    /// retry waiting on it (`Abandoned`: it hears so; `Released`: it looks
+    /// again); later ones start afresh.
+    fn let_go(&self, key: &IdempotencyKey, mut held: KeyHold, state: KeyState) {
+        *held.guard = state;
         self.keys.remove_if(key, |_, v| Arc::ptr_eq(v, &held.cell));
     }
 
@@ -825,7 +825,7 @@ impl Dispatcher {
                 Step::Staged
             }
             Err(e) => {
-                self.abandon_key(&key, held);
+                self.let_go(&key, held, KeyState::Abandoned);
                 Step::Answered(Err(e))
             }
         }
@@ -839,7 +839,7 @@ impl Dispatcher {
         run: &mut Run,
     ) -> std::result::Result<Option<StagedIncident>, Paused> {
         let Some(id) = self.by_source.get(source).map(|id| *id) else { return Ok(None) };
-        let Some(cell) = self.incidents.get(&id).map(|c| c.clone()) else { return Ok(None) };
+        let Some(cell) = self.cell(id) else { return Ok(None) };
         let guard = self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?;
         let Some(inc) = guard.as_ref() else { return Ok(None) };
         let now = self.now_ms();
@@ -922,10 +922,16 @@ impl Dispatcher {
         Ok(Open::Staged((guard, inc, Some(in_lane))))
     }
 
+    /// The cell of an incident held in memory (the map's shard lock is let go
+    /// before the caller locks the cell).
+    fn cell(&self, id: IncidentId) -> Option<IncidentCell> {
+        self.incidents.get(&id).map(|c| c.clone())
+    }
+
     /// [`incident`](Self::incident) for intake: `Paused` instead of waiting
     /// on an incident while the run holds anything.
     fn incident_or_pause(&self, id: IncidentId, run: &Run) -> std::result::Result<Option<Incident>, Paused> {
-        match self.incidents.get(&id).map(|c| c.clone()) {
+        match self.cell(id) {
             Some(cell) => {
                 Ok(self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?.clone())
             }
@@ -1095,8 +1101,7 @@ impl Dispatcher {
         id: IncidentId,
         f: impl FnOnce(&mut Incident, i64, &mut Vec<IncidentEvent>) -> Result<()>,
     ) -> Result<Incident> {
-        let cell =
-            self.incidents.get(&id).map(|c| c.clone()).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
+        let cell = self.cell(id).ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
         let mut guard = cell.lock();
         let current = guard.as_ref().ok_or_else(|| DispatchError::UnknownIncident(id.to_string()))?;
         let mut next = current.clone();
@@ -1338,7 +1343,7 @@ impl Dispatcher {
         let mut changed = 0;
         for id in ids {
             // Peek without copying: most open incidents have nothing due.
-            let Some(cell) = self.incidents.get(&id).map(|c| c.clone()) else { continue };
+            let Some(cell) = self.cell(id) else { continue };
             if cell.lock().as_ref().and_then(|inc| self.timer_due(inc, now)).is_none() {
                 continue;
             }
@@ -1462,7 +1467,7 @@ impl Dispatcher {
 
     /// An incident from memory, or (closed and evicted) from the journal.
     pub fn incident(&self, id: IncidentId) -> Option<Incident> {
-        match self.incidents.get(&id).map(|c| c.clone()) {
+        match self.cell(id) {
             Some(cell) => cell.lock().clone(),
             None => self.journal.load(id),
         }
@@ -1499,7 +1504,7 @@ impl Dispatcher {
     pub fn kpis(&self) -> KpiSnapshot {
         let open: Vec<IncidentId> = self.open.iter().map(|e| *e.key()).collect();
         let states = open.into_iter().filter_map(|id| {
-            let cell = self.incidents.get(&id).map(|c| c.clone())?;
+            let cell = self.cell(id)?;
             let state = cell.lock().as_ref().map(|i| i.state);
             state
         });

@@ -1,7 +1,7 @@
 //! Geospatial index of caregivers: one uniform lat/lon grid per travel mode,
 //! its cells side by side in one array (a row of cells is contiguous memory),
-//! each cell holding its first few entries inline (position as a unit vector,
-//! the slot) and the rest in an immutable spill block. Knows nothing of
+//! each cell holding its first few entries inline (the position the slot was
+//! filed at, the slot) and the rest in an immutable spill block. Knows nothing of
 //! incidents; reads a slot's status, skills and id only for candidates that
 //! already beat the current k-th travel time.
 //!
@@ -19,8 +19,10 @@
 //! their travel time: rings of slow modes stop early (a walker 300 m away
 //! cannot beat a car 1 km away). Within a ring, cells whose rectangle cannot
 //! hold anything better are skipped before they are loaded. Distances are
-//! compared as chords of the unit sphere (no trigonometry per entry); the
-//! survivors get the exact haversine of [`GeoPoint::distance_m`].
+//! compared as chords of the unit sphere, from the latitude difference with a
+//! series for small angles (no library trigonometry per entry); the
+//! survivors' distance is the haversine of [`GeoPoint::distance_m`], from the
+//! same chord.
 //!
 //! The cells of a grid live on a torus of `TORUS` x `TORUS` buckets: cell
 //! (row, col) goes to bucket (row mod TORUS, col mod TORUS). A city smaller

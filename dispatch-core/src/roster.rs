@@ -154,25 +154,25 @@ impl CaregiverSlot {
     /// count, and for a free status the free count of the block it is filed in.
     fn enter(&self, status: u8) {
         self.counts.enter(status);
-        if let Some(k) = free_kind(status) {
-            let mut filed = self.filed.lock();
-            filed.net[k] += 1;
-            if let Some(at) = filed.at {
-                self.counts.block(at, k).fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        self.free_share(status, 1);
     }
 
     /// Counts the slot out of `status` (after it has left it).
     fn leave(&self, status: u8) {
+        self.free_share(status, -1);
+        self.counts.leave(status);
+    }
+
+    /// Adds `delta` to the slot's share of its block's free count of
+    /// `status`, if that is a free status.
+    fn free_share(&self, status: u8, delta: i64) {
         if let Some(k) = free_kind(status) {
             let mut filed = self.filed.lock();
-            filed.net[k] -= 1;
+            filed.net[k] += delta;
             if let Some(at) = filed.at {
-                self.counts.block(at, k).fetch_sub(1, Ordering::SeqCst);
+                self.counts.block(at, k).fetch_add(delta, Ordering::SeqCst);
             }
         }
-        self.counts.leave(status);
     }
 
     pub(crate) fn counts(&self) -> &Arc<StatusCounts> {
