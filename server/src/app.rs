@@ -50,16 +50,7 @@ pub struct AppState {
     /// Stage alarm intake runs, and finish them once they are durable.
     pub stagers: crate::api::alarm::Workers,
     pub finisher: crate::api::alarm::Workers,
-    /// Blocking threads that may wait for a commit (incident actions, status
-    /// and registry changes), at most; further calls wait here without a
-    /// thread.
-    pub commit_waiters: tokio::sync::Semaphore,
 }
-
-/// See [`AppState::commit_waiters`]: at a 10 ms commit, 64 allow 6,400
-/// caregiver and console actions a second, far above what people do, while a
-/// storm of them cannot fill the blocking pool (each thread costs memory).
-pub const COMMIT_WAITERS: usize = 64;
 
 impl AppState {
     /// Resolves when the server starts shutting down.
@@ -174,7 +165,6 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         closing: tokio::sync::watch::channel(false).0,
         stagers: crate::api::alarm::Workers::start("anxin-stage", crate::api::alarm::STAGERS)?,
         finisher: crate::api::alarm::Workers::start("anxin-finish", 1)?,
-        commit_waiters: tokio::sync::Semaphore::new(COMMIT_WAITERS),
     });
 
     let restarted_ms = crate::api::now_ms();

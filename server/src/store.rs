@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{bounded, Receiver, Sender};
-use dispatch_core::{IdempotencyKey, IncidentEvent, IncidentId, Journal};
+use dispatch_core::{CaregiverId, ElderId, IdempotencyKey, IncidentEvent, IncidentId, Journal};
 use prost::Message;
 use proto::v1 as pb;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -111,15 +111,17 @@ pub struct JournalRows {
     /// An encoded [`JournalRecord`].
     events: Vec<u8>,
     snapshots: Vec<IncidentRow>,
-    keys: Vec<(String, i64)>,
+    keys: Vec<(IdempotencyKey, i64)>,
 }
 
+/// An incident's snapshot row. The ids are the incident's own (shared, not
+/// copied: this runs for every incident of every append).
 #[derive(Debug, Clone)]
 struct IncidentRow {
     id: i64,
     state: i32,
-    elder_id: String,
-    caregiver: Option<String>,
+    elder_id: ElderId,
+    caregiver: Option<CaregiverId>,
     updated_ms: i64,
     body: Vec<u8>,
 }
@@ -164,17 +166,15 @@ pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
             snapshots.push(IncidentRow {
                 id,
                 state: body.state,
-                elder_id: e.incident.elder.as_str().to_owned(),
-                caregiver: e.incident.assigned.as_ref().map(|c| c.as_str().to_owned()),
+                elder_id: e.incident.elder.clone(),
+                caregiver: e.incident.assigned.clone(),
                 updated_ms: e.incident.updated_ms,
                 body: body.encode_to_vec(),
             });
         }
     }
-    let keys = events
-        .iter()
-        .filter_map(|e| e.alarm_key.as_ref().map(|k| (k.as_str().to_owned(), e.incident.id.0 as i64)))
-        .collect();
+    let keys =
+        events.iter().filter_map(|e| e.alarm_key.as_ref().map(|k| (k.clone(), e.incident.id.0 as i64))).collect();
     let record = JournalRecord {
         events: events
             .iter()
@@ -467,7 +467,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError>
                 .execute(params![rows.at_ms, rows.events])?;
             let mut key = tx.prepare_cached("INSERT OR IGNORE INTO alarm_keys (key, incident_id) VALUES (?1, ?2)")?;
             for (k, id) in &rows.keys {
-                key.execute(params![k, id])?;
+                key.execute(params![k.as_str(), id])?;
             }
             let mut inc = tx.prepare_cached(
                 "INSERT INTO incidents (id, state, elder_id, caregiver_id, updated_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -475,7 +475,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError>
                  updated_ms = excluded.updated_ms, body = excluded.body",
             )?;
             for i in &rows.snapshots {
-                inc.execute(params![i.id, i.state, i.elder_id, i.caregiver, i.updated_ms, i.body])?;
+                let caregiver = i.caregiver.as_ref().map(|c| c.as_str());
+                inc.execute(params![i.id, i.state, i.elder_id.as_str(), caregiver, i.updated_ms, i.body])?;
             }
         }
         WriteOp::Elder(e) => {

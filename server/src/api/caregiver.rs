@@ -8,7 +8,7 @@ use proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, blocking_commit, forward, ResponseStream};
+use super::{blocking, forward, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_status, geo, geo_opt, incident_pb, pb_status};
 use crate::error::{ApiError, ApiResult};
@@ -104,7 +104,7 @@ impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
             .ok_or_else(|| ApiError::invalid("status", "must be OFF_DUTY, AVAILABLE or ON_VISIT"))?;
         let at = geo_opt("location", req.location.as_ref())?;
         let state = self.state.clone();
-        let c = blocking_commit(&self.state, move || {
+        let c = blocking(move || {
             let v = state.dispatcher.set_status(&id, status, at)?;
             state
                 .store

@@ -6,7 +6,7 @@ use dispatch_core as core;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, blocking_commit, forward, ResponseStream};
+use super::{blocking, forward, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_escalation, core_outcome, core_state, incident_pb, pb_escalation, pb_state, text};
 use crate::error::{ApiError, ApiResult};
@@ -33,7 +33,7 @@ async fn act(
     f: impl FnOnce(&core::Dispatcher) -> core::Result<core::Incident> + Send + 'static,
 ) -> Result<Response<pb::Incident>, Status> {
     let d = state.dispatcher.clone();
-    let inc = blocking_commit(state, move || Ok(f(&d)?)).await?;
+    let inc = blocking(move || Ok(f(&d)?)).await?;
     Ok(Response::new(incident_pb(&inc)))
 }
 

@@ -7,7 +7,7 @@ use proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::blocking_commit;
+use super::blocking;
 use crate::api::caregiver::caregiver_pb;
 use crate::app::AppState;
 use crate::convert::{caregiver_profile, validate_caregiver, validate_device, validate_elder};
@@ -72,8 +72,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::UpsertElderRequest>,
     ) -> Result<Response<pb::UpsertElderResponse>, Status> {
         let state = self.state.clone();
-        let (elder, created) =
-            blocking_commit(&self.state, move || upsert_elder(&state, request.get_ref().elder.as_ref())).await?;
+        let (elder, created) = blocking(move || upsert_elder(&state, request.get_ref().elder.as_ref())).await?;
         Ok(Response::new(pb::UpsertElderResponse { elder: Some(elder), created }))
     }
 
@@ -99,8 +98,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
     ) -> Result<Response<pb::UpsertCaregiverResponse>, Status> {
         let state = self.state.clone();
         let (caregiver, created) =
-            blocking_commit(&self.state, move || upsert_caregiver(&state, request.get_ref().caregiver.as_ref()))
-                .await?;
+            blocking(move || upsert_caregiver(&state, request.get_ref().caregiver.as_ref())).await?;
         Ok(Response::new(pb::UpsertCaregiverResponse { caregiver: Some(caregiver), created }))
     }
 
@@ -134,8 +132,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::UpsertDeviceRequest>,
     ) -> Result<Response<pb::UpsertDeviceResponse>, Status> {
         let state = self.state.clone();
-        let (device, created) =
-            blocking_commit(&self.state, move || upsert_device(&state, request.get_ref().device.as_ref())).await?;
+        let (device, created) = blocking(move || upsert_device(&state, request.get_ref().device.as_ref())).await?;
         Ok(Response::new(pb::UpsertDeviceResponse { device: Some(device), created }))
     }
 

@@ -11,7 +11,7 @@ use proto::v1 as pb;
 use scheduler::plan::{self, CaregiverId, ElderId, Event, Month, PlanOptions, TimeWindow, Weekdays};
 use tonic::{Request, Response, Status};
 
-use crate::api::{blocking, blocking_commit, now_ms, ResponseStream};
+use crate::api::{blocking, now_ms, ResponseStream};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::planning::{
@@ -436,7 +436,7 @@ impl pb::scheduling_service_server::SchedulingService for SchedulingApi {
             v.at_unix_ms = now_ms();
         }
         let state = self.state.clone();
-        blocking_commit(&self.state, move || state.planning.record_visit(v)).await?;
+        blocking(move || state.planning.record_visit(v)).await?;
         Ok(Response::new(pb::RecordVisitResponse { recorded: true }))
     }
 
