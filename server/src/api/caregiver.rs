@@ -8,7 +8,7 @@ use proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, forward, ResponseStream};
+use super::{blocking, forward, on_dispatcher, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_status, geo, geo_opt, incident_pb, pb_status};
 use crate::error::{ApiError, ApiResult};
@@ -138,12 +138,8 @@ impl pb::caregiver_service_server::CaregiverService for CaregiverApi {
             .ok_or_else(|| ApiError::NotFound { what: "caregiver", id: id.to_string() })?;
         let events = self.state.fanout.subscribe_caregiver(id.as_str());
         // What the caregiver holds now is sent first, so a reconnecting app misses nothing.
-        // Reading it may wait for a run being committed: off the runtime's workers.
         let held = match view.active_incident {
-            Some(i) => {
-                let d = self.state.dispatcher.clone();
-                blocking(move || Ok(d.incident(i))).await?
-            }
+            Some(i) => on_dispatcher(&self.state, move |d| Ok(d.incident(i))).await?,
             None => None,
         };
         let first = held.map(|inc| {

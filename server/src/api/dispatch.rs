@@ -6,7 +6,7 @@ use dispatch_core as core;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, forward, ResponseStream};
+use super::{forward, on_dispatcher, ResponseStream};
 use crate::app::AppState;
 use crate::convert::{core_escalation, core_outcome, core_state, incident_pb, pb_escalation, pb_state, text};
 use crate::error::{ApiError, ApiResult};
@@ -32,8 +32,7 @@ async fn act(
     state: &Arc<AppState>,
     f: impl FnOnce(&core::Dispatcher) -> core::Result<core::Incident> + Send + 'static,
 ) -> Result<Response<pb::Incident>, Status> {
-    let d = state.dispatcher.clone();
-    let inc = blocking(move || Ok(f(&d)?)).await?;
+    let inc = on_dispatcher(state, move |d| Ok(f(d)?)).await?;
     Ok(Response::new(incident_pb(&inc)))
 }
 
@@ -53,10 +52,8 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
             .map_err(|_| ApiError::invalid("min_severity", format!("{} is not a severity", req.min_severity)))?;
         // Subscribe before the snapshot so nothing falls between the two.
         let events = self.state.fanout.subscribe_console();
-        // Reading incidents may wait for runs being committed: off the runtime's workers.
         let snapshot = if req.include_open_snapshot {
-            let d = self.state.dispatcher.clone();
-            blocking(move || Ok(d.open_incidents())).await?
+            on_dispatcher(&self.state, |d| Ok(d.open_incidents())).await?
         } else {
             Vec::new()
         };
@@ -88,15 +85,17 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
     #[tracing::instrument(skip(self, request), fields(incident = %request.get_ref().incident_id))]
     async fn get_incident(&self, request: Request<pb::GetIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
         let req = request.into_inner();
-        let d = self.state.dispatcher.clone();
+        let state = &self.state;
         // A closed incident may have left memory: it is then read from the store.
         let found = if !req.incident_id.is_empty() {
             let id = incident_id(&req.incident_id)?;
-            blocking(move || d.incident(id).ok_or_else(|| ApiError::NotFound { what: "incident", id: id.to_string() }))
-                .await?
+            on_dispatcher(state, move |d| {
+                d.incident(id).ok_or_else(|| ApiError::NotFound { what: "incident", id: id.to_string() })
+            })
+            .await?
         } else if !req.idempotency_key.is_empty() {
             let key = core::IdempotencyKey::parse("idempotency_key", &req.idempotency_key).map_err(ApiError::from)?;
-            blocking(move || {
+            on_dispatcher(state, move |d| {
                 d.incident_by_key(&key)
                     .ok_or_else(|| ApiError::NotFound { what: "alarm with idempotency_key", id: key.to_string() })
             })
@@ -130,10 +129,8 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let d = self.state.dispatcher.clone();
         let (elder_id, caregiver_id) = (req.elder_id, req.caregiver_id);
-        // Reading incidents may wait for runs being committed: off the runtime's workers.
-        let mut found = blocking(move || {
+        let mut found = on_dispatcher(&self.state, move |d| {
             Ok(d.incidents(|i| {
                 i.id.0 > after
                     && (states.is_empty() || states.contains(&i.state))
@@ -242,8 +239,7 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
 
     #[tracing::instrument(skip(self, _request))]
     async fn get_kpis(&self, _request: Request<pb::GetKpisRequest>) -> Result<Response<pb::Kpis>, Status> {
-        let d = self.state.dispatcher.clone();
-        let k = blocking(move || Ok(d.kpis())).await?;
+        let k = on_dispatcher(&self.state, |d| Ok(d.kpis())).await?;
         Ok(Response::new(pb::Kpis {
             alarms_received: k.alarms_received,
             duplicates: k.duplicates,

@@ -72,6 +72,17 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))?
 }
 
+/// Runs `f` on the dispatcher on the blocking pool (see [`blocking`]): for
+/// anything that may wait for a commit or on an incident a commit holds,
+/// which must not stall one of the runtime's workers.
+pub async fn on_dispatcher<T: Send + 'static>(
+    state: &crate::app::AppState,
+    f: impl FnOnce(&dispatch_core::Dispatcher) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let d = state.dispatcher.clone();
+    blocking(move || f(&d)).await
+}
+
 /// Handler work on tokio's blocking pool at once, at most; further calls
 /// wait here without a thread. The pool starts a thread whenever none is
 /// idle at the instant work arrives, and such work mostly waits for a store
