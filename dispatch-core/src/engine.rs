@@ -249,9 +249,14 @@ type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 /// Alarms staged in one run, most per journal append.
 const MAX_RUN: usize = 1024;
 
-/// An incident staged by intake, locked until its events are durable, with
-/// its place in a lane (none for a merge into an open incident).
-type StagedIncident = (ArcMutexGuard<RawMutex, Option<Incident>>, Incident, Option<InLane>);
+/// An incident a run stages (opened, or an open one a repeat merges into),
+/// locked until the run's events are durable, with its place in a lane
+/// (none for a merge into an open incident).
+struct HeldIncident {
+    guard: ArcMutexGuard<RawMutex, Option<Incident>>,
+    next: Incident,
+    lane: Option<InLane>,
+}
 
 /// An idempotency key taken by an alarm: locked until its outcome is durable,
 /// so that a retry waits for it.
@@ -265,20 +270,46 @@ struct Staged {
     slot: usize,
     key: IdempotencyKey,
     held: KeyHold,
-    guard: ArcMutexGuard<RawMutex, Option<Incident>>,
-    next: Incident,
-    lane: Option<InLane>,
+    /// Its incident, in `Run::incidents`.
+    place: usize,
+    merged: bool,
 }
 
-/// Alarms staged for one journal append, and their events in order.
+/// Alarms staged for one journal append, the incidents they open or merge
+/// into, and their events in order.
 #[derive(Default)]
 struct Run {
     staged: Vec<Staged>,
+    incidents: Vec<HeldIncident>,
+    /// Where each of `incidents` is, by id: further repeats of a source in
+    /// one run merge into the incident the run already holds.
+    places: HashMap<IncidentId, usize, foldhash::fast::RandomState>,
     events: Vec<IncidentEvent>,
     /// The new incidents staged, by source: filed in `by_source` once
-    /// durable; a repeat of one of them ends the run first, so it merges
-    /// into the incident once that is durable.
+    /// durable (until then a repeat finds them here).
     opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
+}
+
+impl Run {
+    /// A run for up to `alarms` alarms (most take two or three events).
+    fn for_alarms(alarms: usize) -> Self {
+        let n = alarms.min(MAX_RUN);
+        Run {
+            staged: Vec::with_capacity(n),
+            incidents: Vec::with_capacity(n),
+            places: HashMap::with_capacity_and_hasher(n, Default::default()),
+            events: Vec::with_capacity(n * 2),
+            opened: HashMap::with_capacity_and_hasher(n, Default::default()),
+        }
+    }
+
+    /// Holds `incident` until the run is durable; its place.
+    fn hold(&mut self, incident: HeldIncident) -> usize {
+        let place = self.incidents.len();
+        self.places.insert(incident.next.id, place);
+        self.incidents.push(incident);
+        place
+    }
 }
 
 /// A batch of alarms being taken in, run by run: see
@@ -327,6 +358,7 @@ impl PendingRun {
 /// for [`Dispatcher::finish_run`].
 pub struct JournaledRun {
     staged: Vec<Staged>,
+    incidents: Vec<HeldIncident>,
     opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
     events: Arc<Vec<IncidentEvent>>,
     outcome: std::result::Result<(), String>,
@@ -334,7 +366,7 @@ pub struct JournaledRun {
 
 impl JournaledRun {
     fn of(run: Run, events: Arc<Vec<IncidentEvent>>, outcome: std::result::Result<(), String>) -> Self {
-        JournaledRun { staged: run.staged, opened: run.opened, events, outcome }
+        JournaledRun { staged: run.staged, incidents: run.incidents, opened: run.opened, events, outcome }
     }
 
     /// Whether the run's events are durable.
@@ -367,22 +399,22 @@ impl Drop for Completion {
 /// A lock the run holds was met: the run ends first.
 struct Paused;
 
-/// What `stage_open` did with an alarm. (Moved once per alarm: boxing the
-/// large variant would cost an allocation each.)
-#[allow(clippy::large_enum_variant)]
+/// What `stage_open` did with an alarm.
 enum Open {
-    Staged(StagedIncident),
+    /// Its incident's place in the run.
+    Staged(usize),
     /// The lane is full and the run holds places in it: the run ends first.
     LaneFull(Alarm),
 }
 
-/// What taking one alarm in came to.
-#[allow(clippy::large_enum_variant)] // as `Open`
+/// What taking one alarm in came to. (Moved once per alarm: boxing the
+/// large variant would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Answered(Result<RaiseOutcome>),
     Staged,
-    /// It would wait on something its run holds (a retried key, a second
-    /// repeat of one incident, a lane the run fills): the run ends first.
+    /// It would wait on something its run holds (a retried key of one of
+    /// its alarms, a lane the run fills): the run ends first.
     Pause(Alarm),
 }
 
@@ -654,12 +686,14 @@ impl Dispatcher {
     /// Stages the next run of `intake`: alarms are taken in until the run
     /// reaches `MAX_RUN`, or before one that would wait on something the run
     /// holds. Alarms answered at once (a retry of a durable key, a refusal)
-    /// are answered in `intake`. `None` once every alarm is answered.
+    /// are answered in `intake`; the others when their run is finished, each
+    /// with its incident as the run left it (a repeat merged later in the
+    /// same run counts). `None` once every alarm is answered.
     ///
     /// May block: on a key or incident another run holds (never while this
     /// run holds anything) and, for urgent alarms, on room in their lane.
     pub fn next_run(&self, intake: &mut Intake) -> Option<PendingRun> {
-        let mut run = Run::default();
+        let mut run = Run::for_alarms(intake.alarms.len() + usize::from(intake.paused.is_some()));
         while run.staged.len() < MAX_RUN {
             let Some((slot, alarm)) = intake.paused.take().or_else(|| intake.alarms.next()) else { break };
             match self.take_in(slot, alarm, &mut run) {
@@ -692,21 +726,28 @@ impl Dispatcher {
     /// afresh). The run's locks are held until its events are published.
     /// Never blocks on anything a run holds.
     pub fn finish_run(&self, intake: &mut Intake, run: JournaledRun) {
-        let JournaledRun { staged, opened, events, outcome } = run;
+        let JournaledRun { staged, incidents, opened, events, outcome } = run;
         let out = &mut intake.out;
         match outcome {
             Ok(()) => {
-                let mut locked = Vec::with_capacity(staged.len());
-                let mut timers = Vec::with_capacity(staged.len());
-                let mut first_offers = Vec::with_capacity(staged.len());
-                let mut keys = Vec::with_capacity(staged.len());
                 let now = self.now_ms();
-                for s in staged {
-                    let Staged { slot, key, mut held, mut guard, next: inc, lane } = s;
-                    let merged = lane.is_none();
-                    if merged {
-                        self.kpis.merged.fetch_add(1, Ordering::Relaxed);
-                    } else {
+                let mut keys = Vec::with_capacity(staged.len());
+                let mut held_keys = Vec::with_capacity(staged.len());
+                let mut merged = 0;
+                for Staged { slot, key, mut held, place, merged: repeat } in staged {
+                    let incident = incidents[place].next.clone();
+                    *held.guard = KeyState::Done(incident.id);
+                    keys.push((now, key));
+                    held_keys.push(held);
+                    merged += u64::from(repeat);
+                    out[slot] = Some(Ok(RaiseOutcome { incident, duplicate: false, merged: repeat }));
+                }
+                self.kpis.merged.fetch_add(merged, Ordering::Relaxed);
+                let mut timers = Vec::with_capacity(incidents.len());
+                let mut first_offers = Vec::with_capacity(incidents.len());
+                let mut locked = Vec::with_capacity(incidents.len());
+                for HeldIncident { mut guard, next: inc, lane } in incidents {
+                    if lane.is_some() {
                         if inc.state == IncidentState::Deferred {
                             self.deferred.push(inc.id);
                         }
@@ -716,11 +757,8 @@ impl Dispatcher {
                             timers.push((d, inc.id));
                         }
                     }
-                    *held.guard = KeyState::Done(inc.id);
-                    keys.push((now, key));
-                    *guard = Some(inc.clone());
-                    locked.push((held, guard, lane));
-                    out[slot] = Some(Ok(RaiseOutcome { incident: inc, duplicate: false, merged }));
+                    *guard = Some(inc);
+                    locked.push((guard, lane));
                 }
                 // Recorded and scheduled together: one lock of the histogram and
                 // of each timer bucket per run, not per alarm.
@@ -730,18 +768,20 @@ impl Dispatcher {
                 for (source, id) in opened {
                     self.by_source.insert(source, id);
                 }
+                // Keys and incidents stay locked until their events are published.
                 self.sink.publish(&events);
+                drop((held_keys, locked));
             }
             Err(e) => {
                 let now = self.now_ms();
-                for mut s in staged {
-                    if s.lane.is_some() {
-                        self.release_holder(&mut s.next, now, &mut Vec::new(), "not stored");
-                        self.incidents.remove(&s.next.id);
-                        if s.next.state == IncidentState::Deferred {
-                            self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
-                        }
+                for mut h in incidents.into_iter().filter(|h| h.lane.is_some()) {
+                    self.release_holder(&mut h.next, now, &mut Vec::new(), "not stored");
+                    self.incidents.remove(&h.next.id);
+                    if h.next.state == IncidentState::Deferred {
+                        self.lanes.deferred.fetch_sub(1, Ordering::AcqRel);
                     }
+                }
+                for s in staged {
                     self.let_go(&s.key, s.held, KeyState::Abandoned);
                     out[s.slot] = Some(Err(DispatchError::Journal(e.clone())));
                 }
@@ -769,10 +809,6 @@ impl Dispatcher {
     /// nothing meanwhile).
     fn take_in(&self, slot: usize, alarm: Alarm, run: &mut Run) -> Step {
         let source = source_key(alarm.device.as_ref(), &alarm.elder, alarm.kind);
-        if run.opened.contains_key(&source) {
-            // A repeat of an incident this run opens: it merges once that is durable.
-            return Step::Pause(alarm);
-        }
         let held = loop {
             let cell = Arc::new(Mutex::new(KeyState::Pending));
             let guard = cell.lock_arc();
@@ -807,21 +843,21 @@ impl Dispatcher {
             );
         };
         let key = alarm.key.clone();
-        let staged = match self.stage_merge(&alarm, &source, run) {
-            Ok(Some(merge)) => Ok(merge),
-            Ok(None) => match self.stage_open(alarm, run) {
-                Ok(Open::Staged(open)) => Ok(open),
+        let merge = match self.stage_merge(&alarm, &source, run) {
+            Ok(merge) => merge,
+            Err(Paused) => return self.pause_holding(alarm, held),
+        };
+        let staged = match merge {
+            Some(place) => Ok((place, true)),
+            None => match self.stage_open(alarm, source, run) {
+                Ok(Open::Staged(place)) => Ok((place, false)),
                 Ok(Open::LaneFull(alarm)) => return self.pause_holding(alarm, held),
                 Err(e) => Err(e),
             },
-            Err(Paused) => return self.pause_holding(alarm, held),
         };
         match staged {
-            Ok((guard, next, lane)) => {
-                if lane.is_some() {
-                    run.opened.insert(source, next.id);
-                }
-                run.staged.push(Staged { slot, key, held, guard, next, lane });
+            Ok((place, merged)) => {
+                run.staged.push(Staged { slot, key, held, place, merged });
                 Step::Staged
             }
             Err(e) => {
@@ -831,29 +867,49 @@ impl Dispatcher {
         }
     }
 
-    /// Stages a repeat into its open incident, if there is one within the window.
+    /// Merges a repeat into its open incident, if there is one within the
+    /// window: one this run already holds (opened by an earlier alarm of the
+    /// run, or merged into), or one it locks now. Its place in the run.
     fn stage_merge(
         &self,
         alarm: &Alarm,
         source: &SourceKey,
         run: &mut Run,
-    ) -> std::result::Result<Option<StagedIncident>, Paused> {
-        let Some(id) = self.by_source.get(source).map(|id| *id) else { return Ok(None) };
+    ) -> std::result::Result<Option<usize>, Paused> {
+        let id = match run.opened.get(source) {
+            Some(id) => *id,
+            None => match self.by_source.get(source).map(|id| *id) {
+                Some(id) => id,
+                None => return Ok(None),
+            },
+        };
+        let now = self.now_ms();
+        if let Some(&place) = run.places.get(&id) {
+            let next = &mut run.incidents[place].next;
+            return Ok(self.merge_repeat(next, alarm, now, &mut run.events).then_some(place));
+        }
         let Some(cell) = self.cell(id) else { return Ok(None) };
         let guard = self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?;
-        let Some(inc) = guard.as_ref() else { return Ok(None) };
-        let now = self.now_ms();
-        if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
+        let Some(mut next) = guard.clone() else { return Ok(None) };
+        if !self.merge_repeat(&mut next, alarm, now, &mut run.events) {
             return Ok(None);
         }
-        let mut next = inc.clone();
-        next.repeat_count += 1;
-        next.last_alarm_ms = now;
-        next.updated_ms = now;
-        let mut ev = event(EventKind::Merged, &next, now, next.assigned.as_ref(), &alarm.detail);
+        Ok(Some(run.hold(HeldIncident { guard, next, lane: None })))
+    }
+
+    /// Merges a repeat into `inc` with its event, if `inc` is open and its
+    /// last alarm within the merge window.
+    fn merge_repeat(&self, inc: &mut Incident, alarm: &Alarm, now: i64, events: &mut Vec<IncidentEvent>) -> bool {
+        if !inc.state.is_open() || now - inc.last_alarm_ms > self.config.merge_window_ms {
+            return false;
+        }
+        inc.repeat_count += 1;
+        inc.last_alarm_ms = now;
+        inc.updated_ms = now;
+        let mut ev = event(EventKind::Merged, inc, now, inc.assigned.as_ref(), &alarm.detail);
         ev.alarm_key = Some(alarm.key.clone());
-        run.events.push(ev);
-        Ok(Some((guard, next, None)))
+        events.push(ev);
+        true
     }
 
     /// Takes a new alarm into its severity lane — critical always, urgent when
@@ -862,7 +918,7 @@ impl Dispatcher {
     /// and stages its incident, dispatched unless deferred; or gives the
     /// alarm back when the lane is full and the run holds places in it (the
     /// run ends first).
-    fn stage_open(&self, alarm: Alarm, run: &mut Run) -> Result<Open> {
+    fn stage_open(&self, alarm: Alarm, source: SourceKey, run: &mut Run) -> Result<Open> {
         let severity = alarm.kind.severity();
         let l = lane(severity);
         let lanes = &self.lanes;
@@ -919,7 +975,8 @@ impl Dispatcher {
             }
             None => self.dispatch(&mut inc, now, &mut run.events),
         }
-        Ok(Open::Staged((guard, inc, Some(in_lane))))
+        run.opened.insert(source, id);
+        Ok(Open::Staged(run.hold(HeldIncident { guard, next: inc, lane: Some(in_lane) })))
     }
 
     /// The cell of an incident held in memory (the map's shard lock is let go

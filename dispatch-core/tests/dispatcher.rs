@@ -160,21 +160,22 @@ fn a_batch_is_journalled_per_run_and_answered_in_order() {
         first.clone(),
         alarm("k2", AlarmKind::Wandering, 43.88, 125.37),
         first.clone(), // a retry inside the batch: waits for the first to be durable
-        repeat("r1"),  // a repeat of the first: merged
-        repeat("r2"),  // and again: the run holds the incident, so it settles first
+        repeat("r1"),  // a repeat of the first: merged (in the second run, which locks the incident)
+        repeat("r2"),  // and again: merged into the incident that run already holds
     ];
     let out: Vec<RaiseOutcome> = r.d.raise_batch(batch).into_iter().map(Result::unwrap).collect();
     let id = out[0].incident.id;
     assert!(!out[0].duplicate && !out[0].merged && !out[1].duplicate && out[1].incident.id != id);
     assert!(out[2].duplicate && out[2].incident.id == id);
-    assert!(out[3].merged && out[3].incident.id == id && out[3].incident.repeat_count == 1);
+    // Each answer holds the incident as its run left it.
+    assert!(out[3].merged && out[3].incident.id == id && out[3].incident.repeat_count == 2);
     assert!(out[4].merged && out[4].incident.id == id && out[4].incident.repeat_count == 2);
-    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 3, "runs: [k1 k2], [r1], [r2]");
+    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 2, "runs: [k1 k2], [r1 r2]");
     assert_eq!(r.d.incident(id).unwrap().repeat_count, 2);
     // A plain batch of new alarms is one append.
     let fresh: Vec<Alarm> = (0..50).map(|i| alarm(&format!("n{i}"), AlarmKind::LowBattery, 43.9, 125.4)).collect();
     assert!(r.d.raise_batch(fresh).iter().all(|o| o.as_ref().is_ok_and(|o| !o.duplicate && !o.merged)));
-    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 4);
+    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 3);
 }
 
 /// Repeats of one source inside one batch merge into the incident the first
@@ -191,6 +192,48 @@ fn repeats_within_a_batch_merge_into_the_first() {
     assert_eq!(out[2].incident.id, out[0].incident.id);
     assert_eq!(out[3].incident.id, out[0].incident.id);
     assert_eq!(r.d.incident(out[0].incident.id).unwrap().repeat_count, 2);
+    // One run, one append: the repeats merge into the incident the run holds,
+    // in the order they came, each event carrying its alarm's key.
+    assert_eq!(r.journal.appends.load(Ordering::SeqCst), 1);
+    let events = r.journal.events.lock().unwrap();
+    let of_first: Vec<(EventKind, u32, Option<&str>)> = events
+        .iter()
+        .filter(|e| e.incident.id == out[0].incident.id)
+        .map(|e| (e.kind, e.incident.repeat_count, e.alarm_key.as_ref().map(|k| k.as_str())))
+        .collect();
+    assert_eq!(
+        of_first,
+        [
+            (EventKind::Created, 0, Some("r1")),
+            (EventKind::Offered, 0, None),
+            (EventKind::Offered, 0, None), // a fall is critical: offered to two
+            (EventKind::Merged, 1, Some("r2")),
+            (EventKind::Merged, 2, Some("r3")),
+        ]
+    );
+}
+
+/// A run whose append fails undoes the incident it opened together with the
+/// repeats it merged into it: nothing stays claimed or filed, and the same
+/// alarms taken again open it afresh.
+#[test]
+fn a_failed_run_undoes_repeats_merged_into_its_new_incident() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let of_one = |key| Alarm {
+        elder: ElderId::parse("elder_id", "E-1").unwrap(),
+        ..alarm(key, AlarmKind::Wandering, 43.88, 125.37)
+    };
+    let batch = || vec![of_one("r1"), of_one("r2"), of_one("r3")];
+    r.journal.fail.store(true, Ordering::SeqCst);
+    let out = r.d.raise_batch(batch());
+    assert!(out.iter().all(|o| matches!(o, Err(DispatchError::Journal(_)))), "{out:?}");
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available);
+    assert!(r.d.incidents(|_| true).is_empty());
+    r.journal.fail.store(false, Ordering::SeqCst);
+    let out: Vec<RaiseOutcome> = r.d.raise_batch(batch()).into_iter().map(Result::unwrap).collect();
+    assert!(!out[0].merged && !out[0].duplicate && out[1].merged && out[2].merged, "{out:?}");
+    assert_eq!(r.d.incident(out[0].incident.id).unwrap().repeat_count, 2);
+    assert_eq!(r.d.open_incidents().len(), 1);
 }
 
 #[test]

@@ -4,15 +4,27 @@
 //! share one fsync. Records are kept as encoded protocol messages plus the
 //! columns needed to find them.
 //!
+//! Incident changes are durable as one `incident_journal` row per append:
+//! the events (the audit trail) and the snapshot of every incident they
+//! changed. The `incidents` and `alarm_keys` tables, which reads by id and by
+//! key use, are brought up to date from those rows at most every
+//! [`FLUSH_INTERVAL`] (an incident changed many times in that while is
+//! written once, where writing every change cost a random page per change);
+//! until then reads find them in memory, and a restart replays the journal
+//! rows written after the last flush.
+//!
 //! Architecture Invariant: `Journal::append` returns only after the events
 //! are committed to disk.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, Sender};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dispatch_core::{CaregiverId, ElderId, IdempotencyKey, IncidentEvent, IncidentId, Journal};
+use prost::bytes::Bytes;
 use prost::Message;
 use proto::v1 as pb;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -21,6 +33,18 @@ use crate::convert::{event_kind_pb, incident_from_pb, incident_pb};
 
 /// Largest number of write requests committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// Incident snapshots and alarm keys wait in memory at most this long (or
+/// until [`FLUSH_MAX`] incidents wait) before they are written to their tables.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const FLUSH_MAX: usize = 100_000;
+/// Rows of a flush written with each commit of appends (so a flush spreads
+/// over many commits instead of stalling one), unless the writer is idle.
+const FLUSH_CHUNK: usize = 1_024;
+
+/// The `meta` key holding the last journal row whose snapshots and keys are
+/// in their tables: a restart replays the rows after it.
+const FLUSHED_THROUGH: &str = "journal_flushed_through";
 
 /// Tables made by older builds differ only in cost (`incident_events.seq` was
 /// AUTOINCREMENT, `alarm_keys` had a rowid): events are never deleted, so
@@ -48,7 +72,9 @@ CREATE TABLE IF NOT EXISTS visit_records (elder_id TEXT NOT NULL, date TEXT NOT 
     outcome INTEGER NOT NULL, at_ms INTEGER NOT NULL, note TEXT NOT NULL, PRIMARY KEY (elder_id, date));
 ";
 
-const SCHEMA_VERSION: &str = "1";
+/// 2: incident snapshots and keys reach their tables from the journal (see
+/// the module doc).
+const SCHEMA_VERSION: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,7 +86,7 @@ pub enum StoreError {
     Corrupt { what: String, reason: String },
     #[error("store: the writer thread has stopped")]
     Closed,
-    #[error("store {path} has schema version {found}; this build reads version {SCHEMA_VERSION}")]
+    #[error("store {path} has schema version {found}; this build reads versions 1 to {SCHEMA_VERSION}")]
     Version { path: PathBuf, found: String },
 }
 
@@ -102,20 +128,22 @@ pub struct PlanRow {
     pub suggestions: Option<String>,
 }
 
-/// One append as stored: its events in one `incident_journal` row, each
-/// incident's snapshot once (from its last event; earlier ones would be
-/// overwritten in the same transaction) and the alarm keys it took in.
+/// One append as stored: one `incident_journal` row holding its events and
+/// each incident's snapshot once (from its last event; earlier ones are
+/// superseded in the same append), and, for the tables, the same snapshots
+/// and the alarm keys it took in.
 #[derive(Debug, Clone)]
 pub struct JournalRows {
     at_ms: i64,
     /// An encoded [`JournalRecord`].
-    events: Vec<u8>,
+    record: Vec<u8>,
     snapshots: Vec<IncidentRow>,
     keys: Vec<(IdempotencyKey, i64)>,
 }
 
-/// An incident's snapshot row. The ids are the incident's own (shared, not
-/// copied: this runs for every incident of every append).
+/// An incident's row in `incidents`. The ids are the incident's own (shared,
+/// not copied: this runs for every incident of every append), the body is
+/// shared with the journal record.
 #[derive(Debug, Clone)]
 struct IncidentRow {
     id: i64,
@@ -123,16 +151,35 @@ struct IncidentRow {
     elder_id: ElderId,
     caregiver: Option<CaregiverId>,
     updated_ms: i64,
-    body: Vec<u8>,
+    /// An encoded `pb::Incident`.
+    body: Bytes,
 }
 
-/// The events of one append, as kept in `incident_journal.events`: the audit
-/// trail of who was offered, declined, arrived and closed what, and when.
-/// (The incidents' states are in their snapshots; this is the history.)
+impl IncidentRow {
+    /// `inc`'s row: `state` and `body` are its protocol form's.
+    fn of(inc: &dispatch_core::Incident, state: i32, body: Bytes) -> Self {
+        IncidentRow {
+            id: inc.id.0 as i64,
+            state,
+            elder_id: inc.elder.clone(),
+            caregiver: inc.assigned.clone(),
+            updated_ms: inc.updated_ms,
+            body,
+        }
+    }
+}
+
+/// One append as kept in `incident_journal.events`: the events (the audit
+/// trail of who was offered, declined, arrived and closed what, and when)
+/// and the snapshots of the incidents they left, which a restart replays.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalRecord {
     #[prost(message, repeated, tag = "1")]
     pub events: Vec<EventRecord>,
+    /// Encoded `pb::Incident`s, one per incident changed. (Rows written by
+    /// builds before the flush have none: those builds wrote the tables.)
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub snapshots: Vec<Bytes>,
 }
 
 /// One incident event in a [`JournalRecord`].
@@ -160,17 +207,9 @@ pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     let mut snapshots = Vec::with_capacity(events.len());
     for e in events.iter().rev() {
-        let id = e.incident.id.0 as i64;
-        if seen.insert(id) {
-            let body = incident_pb(&e.incident);
-            snapshots.push(IncidentRow {
-                id,
-                state: body.state,
-                elder_id: e.incident.elder.clone(),
-                caregiver: e.incident.assigned.clone(),
-                updated_ms: e.incident.updated_ms,
-                body: body.encode_to_vec(),
-            });
+        if seen.insert(e.incident.id) {
+            let p = incident_pb(&e.incident);
+            snapshots.push(IncidentRow::of(&e.incident, p.state, p.encode_to_vec().into()));
         }
     }
     let keys =
@@ -187,9 +226,55 @@ pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
                 alarm_key: e.alarm_key.as_ref().map(|k| k.as_str().to_owned()),
             })
             .collect(),
+        snapshots: snapshots.iter().map(|r| r.body.clone()).collect(),
     };
     let at_ms = events.iter().map(|e| e.at_ms).max().unwrap_or(0);
-    JournalRows { at_ms, events: record.encode_to_vec(), snapshots, keys }
+    JournalRows { at_ms, record: record.encode_to_vec(), snapshots, keys }
+}
+
+/// Incident rows and alarm keys committed in journal rows but not yet in
+/// their tables.
+#[derive(Default)]
+struct Pending {
+    incidents: HashMap<i64, IncidentRow>,
+    keys: HashMap<IdempotencyKey, i64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.incidents.is_empty() && self.keys.is_empty()
+    }
+
+    /// Takes in what a committed append leaves for the tables (later rows
+    /// supersede earlier ones; the first incident of a key stays).
+    fn absorb(&mut self, rows: &mut JournalRows) {
+        for r in rows.snapshots.drain(..) {
+            self.incidents.insert(r.id, r);
+        }
+        for (k, id) in rows.keys.drain(..) {
+            self.keys.entry(k).or_insert(id);
+        }
+    }
+}
+
+/// What the tables lack, shared by the writer (which fills and flushes it)
+/// and the readers (which look here before the tables).
+#[derive(Default)]
+struct Unflushed {
+    pending: Pending,
+    /// Being written by the writer: still read from here until committed.
+    flushing: Option<Arc<Pending>>,
+}
+
+impl Unflushed {
+    fn incident(&self, id: i64) -> Option<Bytes> {
+        let row = self.pending.incidents.get(&id).or_else(|| self.flushing.as_ref()?.incidents.get(&id));
+        row.map(|r| r.body.clone())
+    }
+
+    fn key(&self, key: &IdempotencyKey) -> Option<i64> {
+        self.pending.keys.get(key).or_else(|| self.flushing.as_ref()?.keys.get(key)).copied()
+    }
 }
 
 /// Where the outcome of one write goes, called on the writer thread.
@@ -242,6 +327,9 @@ enum Msg {
     Write(Request),
     /// Commit what is queued before this and stop.
     Stop,
+    /// Stop as a killed process would: without flushing (tests).
+    #[cfg(test)]
+    Abandon,
 }
 
 /// A caregiver with its stored duty status (a `pb::CaregiverStatus`), last
@@ -269,6 +357,8 @@ pub struct Store {
     /// A read connection for records no longer held in memory (WAL lets it
     /// read while the writer commits).
     reader: Arc<parking_lot::Mutex<Connection>>,
+    /// Incidents and keys committed but not yet in their tables.
+    unflushed: Arc<parking_lot::Mutex<Unflushed>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -286,8 +376,19 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Commits everything queued so far, stops the writer and closes the
     /// database; later writes through any `Store` handle fail.
-    pub fn close(mut self) {
-        let _ = self.tx.send(Msg::Stop);
+    pub fn close(self) {
+        self.stop(Msg::Stop);
+    }
+
+    /// Stops the writer after what is queued, without flushing the tables,
+    /// as a killed process leaves the store.
+    #[cfg(test)]
+    fn abandon(self) {
+        self.stop(Msg::Abandon);
+    }
+
+    fn stop(mut self, how: Msg) {
+        let _ = self.tx.send(how);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -301,10 +402,12 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Keep the working set in memory: 256 MiB of page cache (a negative size
     // is KiB) and reads through mmap, so inserts do not re-read pages with
-    // syscalls; a checkpoint every 16k pages (64 MiB of WAL) instead of 1k.
+    // syscalls. A checkpoint every 1,000 pages (4 MiB of WAL, SQLite's
+    // default): the commit that triggers one waits for it, and at 64 MiB that
+    // wait (100-170 ms every few seconds) was the stream's p99 (BENCHMARKS).
     conn.pragma_update(None, "cache_size", -262_144)?;
     conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
-    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 1_000)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -313,6 +416,11 @@ impl Store {
     /// Opens (creating if needed) `dir/anxin.db`, reads everything back, and
     /// starts the writer thread.
     pub fn open(dir: &Path) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
+        Store::open_flushing(dir, FLUSH_INTERVAL)
+    }
+
+    /// [`open`](Self::open) with the incident tables flushed every `interval`.
+    fn open_flushing(dir: &Path, interval: Duration) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
@@ -322,25 +430,42 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         let version: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
-        match version {
-            None => {
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
+        match version.as_deref() {
+            Some(SCHEMA_VERSION) => {}
+            // Version 1 kept the incident tables up to date on every append; it
+            // is read as it is (see `replay`). Builds that know only version 1
+            // refuse a version 2 store instead of missing unflushed incidents.
+            None | Some("1") => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [SCHEMA_VERSION],
+                )?;
             }
-            Some(v) if v == SCHEMA_VERSION => {}
-            Some(found) => return Err(StoreError::Version { path, found }),
+            Some(found) => return Err(StoreError::Version { path, found: found.to_owned() }),
         }
-        let snapshot = read_all(&conn)?;
+        // Journal rows after the last flush (the process stopped before it):
+        // their incidents and keys go to the tables before anything is read.
+        let unflushed = Arc::new(parking_lot::Mutex::new(Unflushed { pending: replay(&conn)?, flushing: None }));
+        let mut writer =
+            Writer { conn, unflushed: unflushed.clone(), interval, last_flush: Instant::now(), flush: None };
+        writer.flush_all();
+        if writer.flush.is_some() {
+            return Err(StoreError::Corrupt {
+                what: "incident_journal".into(),
+                reason: "replayed rows could not be written to the incident tables (see the log)".into(),
+            });
+        }
+        let snapshot = read_all(&writer.conn)?;
         let reader = open_conn(&path)?;
         let (tx, rx) = bounded::<Msg>(16_384);
-        let handle = std::thread::Builder::new()
-            .name("anxin-store".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Open {
-                path: path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        let handle =
+            std::thread::Builder::new().name("anxin-store".into()).spawn(move || writer.run(rx)).map_err(|e| {
+                StoreError::Open { path: path.clone(), source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)) }
             })?;
         let reader = Arc::new(parking_lot::Mutex::new(reader));
-        Ok((Store { tx: tx.clone(), path, reader }, StoreWriter { tx, handle: Some(handle) }, snapshot))
+        let store = Store { tx: tx.clone(), path, reader, unflushed };
+        Ok((store, StoreWriter { tx, handle: Some(handle) }, snapshot))
     }
 
     pub fn path(&self) -> &Path {
@@ -382,67 +507,294 @@ impl Journal for Store {
     }
 
     fn load(&self, id: IncidentId) -> Option<dispatch_core::Incident> {
-        let conn = self.reader.lock();
-        let body: Option<Vec<u8>> = conn
-            .query_row("SELECT body FROM incidents WHERE id = ?1", [id.0 as i64], |r| r.get(0))
-            .optional()
-            .map_err(|e| tracing::error!(incident = %id, error = %e, "reading a closed incident failed"))
-            .ok()
-            .flatten();
-        let p: pb::Incident = decode("incident", &id.to_string(), &body?)
+        let unflushed = self.unflushed.lock().incident(id.0 as i64);
+        let body = match unflushed {
+            Some(body) => body.to_vec(),
+            None => {
+                let conn = self.reader.lock();
+                conn.query_row("SELECT body FROM incidents WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| tracing::error!(incident = %id, error = %e, "reading a closed incident failed"))
+                    .ok()
+                    .flatten()?
+            }
+        };
+        let p: pb::Incident = decode("incident", &id.to_string(), &body)
             .map_err(|e| tracing::error!(error = %e, "stored incident cannot be decoded"))
             .ok()?;
         incident_from_pb(&p).ok()
     }
 
     fn load_by_key(&self, key: &IdempotencyKey) -> Option<dispatch_core::Incident> {
-        let id: Option<i64> = {
+        let unflushed = self.unflushed.lock().key(key);
+        let id: Option<i64> = unflushed.or_else(|| {
             let conn = self.reader.lock();
             conn.query_row("SELECT incident_id FROM alarm_keys WHERE key = ?1", [key.as_str()], |r| r.get(0))
                 .optional()
                 .map_err(|e| tracing::error!(key = %key, error = %e, "reading an alarm key failed"))
                 .ok()
                 .flatten()
-        };
+        });
         self.load(IncidentId(id? as u64))
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Msg>) {
-    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    let mut stop = false;
-    while !stop {
-        match rx.recv() {
-            Ok(Msg::Write(first)) => batch.push(first),
-            Ok(Msg::Stop) | Err(_) => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Write(r)) => batch.push(r),
-                Ok(Msg::Stop) => {
-                    stop = true;
-                    break;
-                }
-                Err(_) => break,
+/// The writer thread's state: its connection and the flush in progress.
+struct Writer {
+    conn: Connection,
+    unflushed: Arc<parking_lot::Mutex<Unflushed>>,
+    /// How often the tables are brought up to date.
+    interval: Duration,
+    last_flush: Instant,
+    flush: Option<Flush>,
+}
+
+/// Rows taken from [`Pending`] for their tables, in B-tree order (so that
+/// neighbours share pages), written a chunk per transaction.
+struct Flush {
+    taken: Arc<Pending>,
+    ids: Vec<i64>,
+    keys: Vec<IdempotencyKey>,
+    /// Rows written so far: incidents first, then keys.
+    done: usize,
+    /// The last journal row whose snapshots and keys `taken` holds.
+    through: i64,
+    started: Instant,
+}
+
+impl Flush {
+    fn len(&self) -> usize {
+        self.ids.len() + self.keys.len()
+    }
+
+    /// Writes up to `n` more rows in `tx`, and with the last of them the mark
+    /// a restart replays after; how many rows are written then.
+    fn write(&self, tx: &rusqlite::Transaction<'_>, n: usize) -> Result<usize, StoreError> {
+        let end = self.done.saturating_add(n).min(self.len());
+        let mut inc = tx.prepare_cached(
+            "INSERT INTO incidents (id, state, elder_id, caregiver_id, updated_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, caregiver_id = excluded.caregiver_id,
+             updated_ms = excluded.updated_ms, body = excluded.body",
+        )?;
+        let mut key = tx.prepare_cached("INSERT OR IGNORE INTO alarm_keys (key, incident_id) VALUES (?1, ?2)")?;
+        for i in self.done..end {
+            if let Some(id) = self.ids.get(i) {
+                let Some(r) = self.taken.incidents.get(id) else { continue };
+                let caregiver = r.caregiver.as_ref().map(|c| c.as_str());
+                inc.execute(params![r.id, r.state, r.elder_id.as_str(), caregiver, r.updated_ms, &r.body[..]])?;
+            } else {
+                let k = &self.keys[i - self.ids.len()];
+                let Some(id) = self.taken.keys.get(k) else { continue };
+                key.execute(params![k.as_str(), id])?;
             }
         }
-        let result = commit(&mut conn, batch.iter().map(|r| &r.op));
-        match result {
-            Ok(()) => batch.drain(..).for_each(|r| reply(r, Ok(()))),
-            Err(_) if batch.len() > 1 => {
-                // One bad write must not fail its neighbours: retry one by one.
-                for r in batch.drain(..) {
-                    let res = commit(&mut conn, std::iter::once(&r.op)).map_err(|e| e.to_string());
-                    reply(r, res);
+        if end == self.len() {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![FLUSHED_THROUGH, self.through.to_string()])?;
+        }
+        Ok(end)
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        let mut stop = false;
+        while !stop {
+            match rx.recv_timeout(self.interval) {
+                Ok(Msg::Write(first)) => batch.push(first),
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                #[cfg(test)]
+                Ok(Msg::Abandon) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Write(r)) => batch.push(r),
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    #[cfg(test)]
+                    Ok(Msg::Abandon) => {
+                        self.commit_batch(&mut batch, 0);
+                        return;
+                    }
+                    Err(_) => break,
                 }
             }
+            let due = self.last_flush.elapsed() >= self.interval
+                || self.unflushed.lock().pending.incidents.len() >= FLUSH_MAX;
+            if self.flush.is_none() && due {
+                self.start_flush();
+            }
+            // Rows of the flush ride along with the batch's commit; an idle
+            // writer writes all that is left at once.
+            let chunk = if batch.is_empty() { usize::MAX } else { FLUSH_CHUNK };
+            self.commit_batch(&mut batch, chunk);
+        }
+        self.flush_all();
+    }
+
+    /// Takes what is pending for the tables (it stays readable as `flushing`).
+    fn start_flush(&mut self) {
+        self.last_flush = Instant::now();
+        let through = match self.conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))
+        {
+            Ok(through) => through,
             Err(e) => {
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "store write failed");
-                batch.drain(..).for_each(|r| reply(r, Err(msg.clone())));
+                tracing::error!(error = %e, "reading the journal's last row failed; flush postponed");
+                return;
+            }
+        };
+        let taken = {
+            let mut u = self.unflushed.lock();
+            if u.pending.is_empty() {
+                return;
+            }
+            let taken = Arc::new(std::mem::take(&mut u.pending));
+            u.flushing = Some(taken.clone());
+            taken
+        };
+        let mut ids: Vec<i64> = taken.incidents.keys().copied().collect();
+        ids.sort_unstable();
+        let mut keys: Vec<IdempotencyKey> = taken.keys.keys().cloned().collect();
+        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        self.flush = Some(Flush { taken, ids, keys, done: 0, through, started: Instant::now() });
+    }
+
+    /// Commits `batch` and up to `chunk` rows of the flush in progress in one
+    /// transaction (if that fails: the rows alone, then the writes one by
+    /// one, so that one bad write does not fail its neighbours), takes in
+    /// what committed appends leave for the tables, then answers each request.
+    fn commit_batch(&mut self, batch: &mut Vec<Request>, chunk: usize) {
+        let chunk = if self.flush.is_some() { chunk } else { 0 };
+        if batch.is_empty() && chunk == 0 {
+            return;
+        }
+        let results = match self.transact(batch.iter().map(|r| &r.op), chunk) {
+            Ok(()) => vec![Ok(()); batch.len()],
+            Err(e) => {
+                if chunk > 0 {
+                    if let Err(e) = self.transact(std::iter::empty(), chunk) {
+                        tracing::error!(error = %e, "writing incidents from the journal failed; tried again later");
+                    }
+                }
+                if batch.len() > 1 {
+                    batch.iter().map(|r| self.transact(std::iter::once(&r.op), 0).map_err(|e| e.to_string())).collect()
+                } else {
+                    tracing::error!(error = %e, "store write failed");
+                    vec![Err(e.to_string()); batch.len()]
+                }
+            }
+        };
+        {
+            let mut u = self.unflushed.lock();
+            for (r, res) in batch.iter_mut().zip(&results) {
+                if let (WriteOp::Events(rows), Ok(())) = (&mut r.op, res) {
+                    u.pending.absorb(rows);
+                }
+            }
+        }
+        for (r, res) in batch.drain(..).zip(results) {
+            reply(r, res);
+        }
+    }
+
+    /// One transaction: `ops`, then up to `chunk` rows of the flush.
+    fn transact<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>, chunk: usize) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for op in ops {
+            apply(&tx, op)?;
+            n += 1;
+        }
+        let done = match &self.flush {
+            Some(f) if chunk > 0 => Some(f.write(&tx, chunk)?),
+            _ => None,
+        };
+        let staged = started.elapsed();
+        tx.commit()?;
+        if started.elapsed() >= Duration::from_millis(50) {
+            tracing::debug!(
+                writes = n,
+                staged_ms = staged.as_millis() as u64,
+                ms = started.elapsed().as_millis() as u64,
+                "slow store commit"
+            );
+        }
+        if let (Some(done), Some(f)) = (done, self.flush.as_mut()) {
+            f.done = done;
+            if done == f.len() {
+                tracing::debug!(
+                    incidents = f.ids.len(),
+                    keys = f.keys.len(),
+                    ms = f.started.elapsed().as_millis() as u64,
+                    "incident tables flushed from the journal"
+                );
+                self.flush = None;
+                self.unflushed.lock().flushing = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything pending to the tables (at start and at shutdown).
+    fn flush_all(&mut self) {
+        loop {
+            if self.flush.is_none() {
+                self.start_flush();
+                if self.flush.is_none() {
+                    return;
+                }
+            }
+            if let Err(e) = self.transact(std::iter::empty(), usize::MAX) {
+                tracing::error!(error = %e, "writing incidents from the journal failed; the journal replays them");
+                return;
             }
         }
     }
+}
+
+/// The incidents and keys of the journal rows written after the last flush.
+/// A store without the flush mark was written by a build that kept the
+/// tables up to date itself: its rows are all in the tables.
+fn replay(conn: &Connection) -> Result<Pending, StoreError> {
+    let mark: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [FLUSHED_THROUGH], |r| r.get(0)).optional()?;
+    let through: i64 = match mark {
+        Some(v) => v.parse().map_err(|_| StoreError::Corrupt { what: format!("meta {FLUSHED_THROUGH}"), reason: v })?,
+        None => {
+            let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?;
+            conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![FLUSHED_THROUGH, last.to_string()])?;
+            last
+        }
+    };
+    let mut pending = Pending::default();
+    let mut st = conn.prepare("SELECT seq, events FROM incident_journal WHERE seq > ?1 ORDER BY seq")?;
+    let rows = st.query_map([through], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    for row in rows {
+        let (seq, body) = row?;
+        let what = format!("journal row {seq}");
+        let record: JournalRecord = decode("journal row", &seq.to_string(), &body)?;
+        let corrupt = |reason: String| StoreError::Corrupt { what: what.clone(), reason };
+        for e in &record.events {
+            if let Some(k) = &e.alarm_key {
+                let key = IdempotencyKey::parse("alarm_key", k).map_err(|e| corrupt(e.to_string()))?;
+                pending.keys.entry(key).or_insert(e.incident_id as i64);
+            }
+        }
+        for body in record.snapshots {
+            let p = pb::Incident::decode(&body[..]).map_err(|e| corrupt(e.to_string()))?;
+            let inc = incident_from_pb(&p).map_err(|e| corrupt(e.to_string()))?;
+            let row = IncidentRow::of(&inc, p.state, body);
+            pending.incidents.insert(row.id, row);
+        }
+    }
+    Ok(pending)
 }
 
 fn reply(mut r: Request, res: Result<(), String>) {
@@ -451,33 +803,12 @@ fn reply(mut r: Request, res: Result<(), String>) {
     }
 }
 
-fn commit<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp>) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    for op in ops {
-        apply(&tx, op)?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
 fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError> {
     match op {
         WriteOp::Events(rows) => {
+            // The tables follow at the next flush.
             tx.prepare_cached("INSERT INTO incident_journal (at_ms, events) VALUES (?1, ?2)")?
-                .execute(params![rows.at_ms, rows.events])?;
-            let mut key = tx.prepare_cached("INSERT OR IGNORE INTO alarm_keys (key, incident_id) VALUES (?1, ?2)")?;
-            for (k, id) in &rows.keys {
-                key.execute(params![k.as_str(), id])?;
-            }
-            let mut inc = tx.prepare_cached(
-                "INSERT INTO incidents (id, state, elder_id, caregiver_id, updated_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, caregiver_id = excluded.caregiver_id,
-                 updated_ms = excluded.updated_ms, body = excluded.body",
-            )?;
-            for i in &rows.snapshots {
-                let caregiver = i.caregiver.as_ref().map(|c| c.as_str());
-                inc.execute(params![i.id, i.state, i.elder_id.as_str(), caregiver, i.updated_ms, i.body])?;
-            }
+                .execute(params![rows.at_ms, rows.record])?;
         }
         WriteOp::Elder(e) => {
             tx.prepare_cached(
@@ -697,6 +1028,98 @@ mod tests {
         assert_eq!(snap.incidents.len(), 1);
         assert_eq!(snap.incidents[0].state, IncidentState::Escalated, "the last event's snapshot");
         assert_eq!(snap.keys, vec![(key, inc.id)]);
+    }
+
+    /// Incidents and keys committed in journal rows but not yet flushed to
+    /// their tables are read from memory meanwhile; a store stopped without
+    /// flushing (a killed process) replays them from the journal on open,
+    /// once; a clean close flushes them.
+    #[test]
+    fn unflushed_incidents_are_read_meanwhile_and_replayed_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = Duration::from_secs(3600);
+        let (store, writer, _) = Store::open_flushing(dir.path(), never).unwrap();
+        let d = dispatcher_on(&store, DispatchConfig::default());
+        let (k1, k2) =
+            (IdempotencyKey::parse("key", "gw-1/1").unwrap(), IdempotencyKey::parse("key", "gw-1/2").unwrap());
+        let a = d.raise(alarm(&k1, AlarmKind::Fall)).unwrap().incident;
+        let b = d.raise(alarm(&k2, AlarmKind::LowBattery)).unwrap().incident;
+        d.cancel(b.id, "false alarm").unwrap();
+        let rows = |dir: &Path| -> i64 {
+            let conn = Connection::open(dir.join("anxin.db")).unwrap();
+            conn.query_row("SELECT (SELECT count(*) FROM incidents) + (SELECT count(*) FROM alarm_keys)", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(rows(dir.path()), 0, "nothing flushed yet");
+        assert_eq!(store.load(a.id).map(|i| i.state), Some(IncidentState::Escalated));
+        assert_eq!(store.load_by_key(&k2).map(|i| (i.id, i.state)), Some((b.id, IncidentState::Cancelled)));
+        drop((d, store));
+        writer.abandon();
+        assert_eq!(rows(dir.path()), 0, "a killed process flushes nothing");
+
+        let (store, writer, snap) = Store::open_flushing(dir.path(), never).unwrap();
+        let mut states: Vec<_> = snap.incidents.iter().map(|i| (i.id, i.state)).collect();
+        states.sort_by_key(|s| s.0);
+        assert_eq!(states, [(a.id, IncidentState::Escalated), (b.id, IncidentState::Cancelled)], "the last snapshots");
+        let mut keys = snap.keys.clone();
+        keys.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+        assert_eq!(keys, [(k1.clone(), a.id), (k2, b.id)]);
+        assert_eq!(rows(dir.path()), 4, "replayed into the tables on open");
+        // Changes after the replay reach the tables at a clean close.
+        let d = dispatcher_on(&store, DispatchConfig::default());
+        d.restore(snap.incidents, snap.keys);
+        d.cancel(a.id, "false alarm").unwrap();
+        drop((d, store));
+        writer.close();
+        let (_s, _w, snap) = Store::open_flushing(dir.path(), never).unwrap();
+        assert!(snap.incidents.iter().all(|i| i.state == IncidentState::Cancelled), "{:?}", snap.incidents);
+        assert_eq!(snap.keys.len(), 2);
+    }
+
+    /// The writer flushes on its own after the interval, with no further
+    /// writes to prompt it.
+    #[test]
+    fn the_writer_flushes_after_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_millis(20)).unwrap();
+        let d = dispatcher_on(&store, DispatchConfig::default());
+        let key = IdempotencyKey::parse("key", "gw-1/3").unwrap();
+        let inc = d.raise(alarm(&key, AlarmKind::Smoke)).unwrap().incident;
+        let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+        let stored = || conn.query_row("SELECT count(*) FROM incidents WHERE id = ?1", [inc.id.0 as i64], |r| r.get(0));
+        let started = Instant::now();
+        while stored().unwrap_or(0) == 0 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stored().unwrap(), 1, "flushed without a clean close");
+        drop((d, store));
+        writer.abandon();
+    }
+
+    /// A store of schema version 1 opens (and is marked version 2); a
+    /// version this build does not know is refused.
+    #[test]
+    fn older_stores_open_and_unknown_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, w, _) = Store::open(dir.path()).unwrap();
+        w.close();
+        let set = |v: &str| {
+            let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+            conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [v]).unwrap();
+            conn.execute("DELETE FROM meta WHERE key = ?1", [FLUSHED_THROUGH]).unwrap();
+        };
+        set("1");
+        let (_s, w, _) = Store::open(dir.path()).unwrap();
+        w.close();
+        let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+        let v: String =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        set("3");
+        let err = Store::open(dir.path()).err().expect("version 3 refused");
+        assert!(matches!(err, StoreError::Version { ref found, .. } if found == "3"), "{err}");
     }
 
     /// A key the dispatcher has forgotten (past its window) is still found
