@@ -776,7 +776,9 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
     let mut pending = Pending::default();
     let mut st = conn.prepare("SELECT seq, events FROM incident_journal WHERE seq > ?1 ORDER BY seq")?;
     let rows = st.query_map([through], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let mut replayed = 0;
     for row in rows {
+        replayed += 1;
         let (seq, body) = row?;
         let what = format!("journal row {seq}");
         let record: JournalRecord = decode("journal row", &seq.to_string(), &body)?;
@@ -793,6 +795,14 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
             let row = IncidentRow::of(&inc, p.state, body);
             pending.incidents.insert(row.id, row);
         }
+    }
+    if replayed > 0 {
+        tracing::info!(
+            rows = replayed,
+            incidents = pending.incidents.len(),
+            keys = pending.keys.len(),
+            "replayed the journal rows written after the last flush"
+        );
     }
     Ok(pending)
 }
