@@ -204,7 +204,8 @@ pub struct EventRecord {
 /// encoding of concurrent appends proceeds in parallel and the writer thread
 /// only writes.
 pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    let mut seen =
+        std::collections::HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     let mut snapshots = Vec::with_capacity(events.len());
     for e in events.iter().rev() {
         if seen.insert(e.incident.id) {
@@ -232,12 +233,16 @@ pub fn journal_rows(events: &[IncidentEvent]) -> JournalRows {
     JournalRows { at_ms, record: record.encode_to_vec(), snapshots, keys }
 }
 
+/// Maps of the writer's hot path, hashed with foldhash (SipHash was a few
+/// percent of the writer thread).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Incident rows and alarm keys committed in journal rows but not yet in
 /// their tables.
 #[derive(Default)]
 struct Pending {
-    incidents: HashMap<i64, IncidentRow>,
-    keys: HashMap<IdempotencyKey, i64>,
+    incidents: FastMap<i64, IncidentRow>,
+    keys: FastMap<IdempotencyKey, i64>,
 }
 
 impl Pending {
