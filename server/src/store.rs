@@ -35,7 +35,7 @@ use crate::convert::{event_kind_pb, incident_from_pb, incident_pb};
 const MAX_BATCH: usize = 512;
 
 /// Incident snapshots and alarm keys wait in memory at most this long (or
-/// until [`FLUSH_MAX`] incidents wait) before they are written to their tables.
+/// until [`FLUSH_MAX`] rows wait) before they are written to their tables.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_MAX: usize = 100_000;
 /// Rows of a flush written with each commit of appends (so a flush spreads
@@ -454,13 +454,7 @@ impl Store {
         let unflushed = Arc::new(parking_lot::Mutex::new(Unflushed { pending: replay(&conn)?, flushing: None }));
         let mut writer =
             Writer { conn, unflushed: unflushed.clone(), interval, last_flush: Instant::now(), flush: None };
-        writer.flush_all();
-        if writer.flush.is_some() {
-            return Err(StoreError::Corrupt {
-                what: "incident_journal".into(),
-                reason: "replayed rows could not be written to the incident tables (see the log)".into(),
-            });
-        }
+        writer.flush_all()?;
         let snapshot = read_all(&writer.conn)?;
         let reader = open_conn(&path)?;
         let (tx, rx) = bounded::<Msg>(16_384);
@@ -630,34 +624,34 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let due = self.last_flush.elapsed() >= self.interval
-                || self.unflushed.lock().pending.incidents.len() >= FLUSH_MAX;
-            if self.flush.is_none() && due {
-                self.start_flush();
+            let backlog = {
+                let u = self.unflushed.lock();
+                u.pending.incidents.len() + u.pending.keys.len() >= FLUSH_MAX
+            };
+            if self.flush.is_none() && (backlog || self.last_flush.elapsed() >= self.interval) {
+                if let Err(e) = self.start_flush() {
+                    tracing::error!(error = %e, "starting a flush of the incident tables failed; tried again later");
+                }
             }
             // Rows of the flush ride along with the batch's commit; an idle
-            // writer writes all that is left at once.
-            let chunk = if batch.is_empty() { usize::MAX } else { FLUSH_CHUNK };
+            // writer, or one whose flushes fall behind, writes all that is
+            // left of the flush at once.
+            let chunk = if batch.is_empty() || backlog { usize::MAX } else { FLUSH_CHUNK };
             self.commit_batch(&mut batch, chunk);
         }
-        self.flush_all();
+        if let Err(e) = self.flush_all() {
+            tracing::error!(error = %e, "writing incidents from the journal at shutdown failed; the journal replays them");
+        }
     }
 
     /// Takes what is pending for the tables (it stays readable as `flushing`).
-    fn start_flush(&mut self) {
+    fn start_flush(&mut self) -> Result<(), StoreError> {
         self.last_flush = Instant::now();
-        let through = match self.conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))
-        {
-            Ok(through) => through,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the journal's last row failed; flush postponed");
-                return;
-            }
-        };
+        let through = self.conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?;
         let taken = {
             let mut u = self.unflushed.lock();
             if u.pending.is_empty() {
-                return;
+                return Ok(());
             }
             let taken = Arc::new(std::mem::take(&mut u.pending));
             u.flushing = Some(taken.clone());
@@ -668,6 +662,7 @@ impl Writer {
         let mut keys: Vec<IdempotencyKey> = taken.keys.keys().cloned().collect();
         keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         self.flush = Some(Flush { taken, ids, keys, done: 0, through, started: Instant::now() });
+        Ok(())
     }
 
     /// Commits `batch` and up to `chunk` rows of the flush in progress in one
@@ -682,16 +677,27 @@ impl Writer {
         let results = match self.transact(batch.iter().map(|r| &r.op), chunk) {
             Ok(()) => vec![Ok(()); batch.len()],
             Err(e) => {
-                if chunk > 0 {
-                    if let Err(e) = self.transact(std::iter::empty(), chunk) {
-                        tracing::error!(error = %e, "writing incidents from the journal failed; tried again later");
-                    }
-                }
-                if batch.len() > 1 {
-                    batch.iter().map(|r| self.transact(std::iter::once(&r.op), 0).map_err(|e| e.to_string())).collect()
+                // The flush's rows alone (if they were not all there was).
+                let flushed = if batch.is_empty() {
+                    Err(e.to_string())
+                } else if chunk > 0 {
+                    self.transact(std::iter::empty(), chunk).map_err(|e| e.to_string())
                 } else {
-                    tracing::error!(error = %e, "store write failed");
-                    vec![Err(e.to_string()); batch.len()]
+                    Ok(())
+                };
+                if let Err(e) = flushed {
+                    tracing::error!(error = %e, "writing incidents from the journal failed; tried again later");
+                }
+                match batch.len() {
+                    0 => Vec::new(),
+                    1 => {
+                        tracing::error!(error = %e, "store write failed");
+                        vec![Err(e.to_string())]
+                    }
+                    _ => batch
+                        .iter()
+                        .map(|r| self.transact(std::iter::once(&r.op), 0).map_err(|e| e.to_string()))
+                        .collect(),
                 }
             }
         };
@@ -748,18 +754,15 @@ impl Writer {
     }
 
     /// Writes everything pending to the tables (at start and at shutdown).
-    fn flush_all(&mut self) {
+    fn flush_all(&mut self) -> Result<(), StoreError> {
         loop {
             if self.flush.is_none() {
-                self.start_flush();
+                self.start_flush()?;
                 if self.flush.is_none() {
-                    return;
+                    return Ok(());
                 }
             }
-            if let Err(e) = self.transact(std::iter::empty(), usize::MAX) {
-                tracing::error!(error = %e, "writing incidents from the journal failed; the journal replays them");
-                return;
-            }
+            self.transact(std::iter::empty(), usize::MAX)?;
         }
     }
 }
