@@ -505,12 +505,19 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 /// What repeats are merged by: the device (or the elder, without one) and the kind.
-type SourceKey = (String, AlarmKind);
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Device(DeviceId),
+    Elder(ElderId),
+}
 
+type SourceKey = (Source, AlarmKind);
+
+/// A source key shares the alarm's ids (no copy, no formatting per alarm).
 fn source_key(device: Option<&DeviceId>, elder: &ElderId, kind: AlarmKind) -> SourceKey {
     match device {
-        Some(d) => (format!("d:{d}"), kind),
-        None => (format!("e:{elder}"), kind),
+        Some(d) => (Source::Device(d.clone()), kind),
+        None => (Source::Elder(elder.clone()), kind),
     }
 }
 
