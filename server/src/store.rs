@@ -440,13 +440,7 @@ impl Store {
             // Version 1 kept the incident tables up to date on every append; it
             // is read as it is (see `replay`). Builds that know only version 1
             // refuse a version 2 store instead of missing unflushed incidents.
-            None | Some("1") => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    [SCHEMA_VERSION],
-                )?;
-            }
+            None | Some("1") => set_meta(&conn, "schema_version", SCHEMA_VERSION)?,
             Some(found) => return Err(StoreError::Version { path, found: found.to_owned() }),
         }
         // Journal rows after the last flush (the process stopped before it):
@@ -507,21 +501,22 @@ impl Journal for Store {
 
     fn load(&self, id: IncidentId) -> Option<dispatch_core::Incident> {
         let unflushed = self.unflushed.lock().incident(id.0 as i64);
-        let body = match unflushed {
-            Some(body) => body.to_vec(),
+        let body: Bytes = match unflushed {
+            Some(body) => body,
             None => {
                 let conn = self.reader.lock();
-                conn.query_row("SELECT body FROM incidents WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+                conn.query_row("SELECT body FROM incidents WHERE id = ?1", [id.0 as i64], |r| r.get::<_, Vec<u8>>(0))
                     .optional()
                     .map_err(|e| tracing::error!(incident = %id, error = %e, "reading a closed incident failed"))
                     .ok()
                     .flatten()?
+                    .into()
             }
         };
-        let p: pb::Incident = decode("incident", &id.to_string(), &body)
+        stored_incident("incident", &id.to_string(), &body)
             .map_err(|e| tracing::error!(error = %e, "stored incident cannot be decoded"))
-            .ok()?;
-        incident_from_pb(&p).ok()
+            .ok()
+            .map(|(inc, _)| inc)
     }
 
     fn load_by_key(&self, key: &IdempotencyKey) -> Option<dispatch_core::Incident> {
@@ -588,10 +583,7 @@ impl Flush {
             }
         }
         if end == self.len() {
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![FLUSHED_THROUGH, self.through.to_string()])?;
+            set_meta(tx, FLUSHED_THROUGH, &self.through.to_string())?;
         }
         Ok(end)
     }
@@ -647,7 +639,7 @@ impl Writer {
     /// Takes what is pending for the tables (it stays readable as `flushing`).
     fn start_flush(&mut self) -> Result<(), StoreError> {
         self.last_flush = Instant::now();
-        let through = self.conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?;
+        let through = last_journal_seq(&self.conn)?;
         let taken = {
             let mut u = self.unflushed.lock();
             if u.pending.is_empty() {
@@ -776,8 +768,8 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
     let through: i64 = match mark {
         Some(v) => v.parse().map_err(|_| StoreError::Corrupt { what: format!("meta {FLUSHED_THROUGH}"), reason: v })?,
         None => {
-            let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?;
-            conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![FLUSHED_THROUGH, last.to_string()])?;
+            let last = last_journal_seq(conn)?;
+            set_meta(conn, FLUSHED_THROUGH, &last.to_string())?;
             last
         }
     };
@@ -788,19 +780,18 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
     for row in rows {
         replayed += 1;
         let (seq, body) = row?;
-        let what = format!("journal row {seq}");
-        let record: JournalRecord = decode("journal row", &seq.to_string(), &body)?;
-        let corrupt = |reason: String| StoreError::Corrupt { what: what.clone(), reason };
+        let seq = seq.to_string();
+        let record: JournalRecord = decode("journal row", &seq, &body)?;
         for e in &record.events {
             if let Some(k) = &e.alarm_key {
-                let key = IdempotencyKey::parse("alarm_key", k).map_err(|e| corrupt(e.to_string()))?;
+                let key = IdempotencyKey::parse("alarm_key", k)
+                    .map_err(|e| StoreError::Corrupt { what: format!("journal row {seq}"), reason: e.to_string() })?;
                 pending.keys.entry(key).or_insert(e.incident_id as i64);
             }
         }
         for body in record.snapshots {
-            let p = pb::Incident::decode(&body[..]).map_err(|e| corrupt(e.to_string()))?;
-            let inc = incident_from_pb(&p).map_err(|e| corrupt(e.to_string()))?;
-            let row = IncidentRow::of(&inc, p.state, body);
+            let (inc, state) = stored_incident("incident snapshot in journal row", &seq, &body)?;
+            let row = IncidentRow::of(&inc, state, body);
             pending.incidents.insert(row.id, row);
         }
     }
@@ -888,6 +879,29 @@ fn decode<M: Message + Default>(what: &str, id: &str, body: &[u8]) -> Result<M, 
     M::decode(body).map_err(|e| StoreError::Corrupt { what: format!("{what} {id}"), reason: e.to_string() })
 }
 
+/// A stored incident (a table row or a journal snapshot; `what` and `id`
+/// name it in errors), with the state of its protocol form.
+fn stored_incident(what: &str, id: &str, body: &[u8]) -> Result<(dispatch_core::Incident, i32), StoreError> {
+    let p: pb::Incident = decode(what, id, body)?;
+    let inc = incident_from_pb(&p)
+        .map_err(|e| StoreError::Corrupt { what: format!("{what} {id}"), reason: e.to_string() })?;
+    Ok((inc, p.state))
+}
+
+/// Sets a `meta` value (in a transaction too: it derefs to a connection).
+fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
+/// The last journal row's sequence number (0 for none).
+fn last_journal_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?)
+}
+
 fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
     let mut snap = Snapshot::default();
     let mut st = conn.prepare("SELECT id, body FROM elders ORDER BY id")?;
@@ -922,10 +936,7 @@ fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
     let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
     for row in rows {
         let (id, body) = row?;
-        let p: pb::Incident = decode("incident", &id.to_string(), &body)?;
-        let inc = incident_from_pb(&p)
-            .map_err(|e| StoreError::Corrupt { what: format!("incident {id}"), reason: e.to_string() })?;
-        snap.incidents.push(inc);
+        snap.incidents.push(stored_incident("incident", &id.to_string(), &body)?.0);
     }
     let mut st = conn.prepare("SELECT key, incident_id FROM alarm_keys")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
