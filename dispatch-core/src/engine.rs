@@ -288,13 +288,17 @@ struct Run {
     /// The new incidents staged, by source: filed in `by_source` once
     /// durable (until then a repeat finds them here).
     opened: HashMap<SourceKey, IncidentId, foldhash::fast::RandomState>,
+    /// Whether the run, while it holds nothing, may wait for a lock another
+    /// run holds, for room in a lane or for a read from the journal.
+    may_wait: bool,
 }
 
 impl Run {
     /// A run for up to `alarms` alarms (most take two or three events).
-    fn for_alarms(alarms: usize) -> Self {
+    fn for_alarms(alarms: usize, may_wait: bool) -> Self {
         let n = alarms.min(MAX_RUN);
         Run {
+            may_wait,
             staged: Vec::with_capacity(n),
             incidents: Vec::with_capacity(n),
             places: HashMap::with_capacity_and_hasher(n, Default::default()),
@@ -323,6 +327,11 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// Whether every alarm is answered (no run is left to stage).
+    pub fn is_done(&self) -> bool {
+        self.paused.is_none() && self.alarms.len() == 0
+    }
+
     /// The answers, in the order of the alarms, once `next_run` has returned
     /// `None`.
     pub fn into_answers(self) -> Vec<Result<RaiseOutcome>> {
@@ -396,8 +405,13 @@ impl Drop for Completion {
     }
 }
 
-/// A lock the run holds was met: the run ends first.
+/// A lock the run holds was met (or, for a run that may not wait, any lock
+/// held elsewhere): the run ends first.
 struct Paused;
+
+/// What [`Dispatcher::try_next_run`] answers instead of waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WouldWait;
 
 /// What `stage_open` did with an alarm.
 enum Open {
@@ -700,20 +714,39 @@ impl Dispatcher {
     /// May block: on a key or incident another run holds (never while this
     /// run holds anything) and, for urgent alarms, on room in their lane.
     pub fn next_run(&self, intake: &mut Intake) -> Option<PendingRun> {
-        let mut run = Run::for_alarms(intake.alarms.len() + usize::from(intake.paused.is_some()));
+        match self.stage_run(intake, true) {
+            Ok(run) => run,
+            Err(WouldWait) => unreachable!("a run that may wait never gives up"),
+        }
+    }
+
+    /// [`next_run`](Self::next_run) without ever waiting, for callers that
+    /// must not block (an async runtime's worker): `WouldWait` when the next
+    /// alarm would wait on a key or incident another run holds, on room in
+    /// the urgent lane, or on a read from the journal. The alarm stays first
+    /// in `intake`; hand it to `next_run` on a thread that may wait.
+    pub fn try_next_run(&self, intake: &mut Intake) -> std::result::Result<Option<PendingRun>, WouldWait> {
+        self.stage_run(intake, false)
+    }
+
+    fn stage_run(&self, intake: &mut Intake, may_wait: bool) -> std::result::Result<Option<PendingRun>, WouldWait> {
+        let mut run = Run::for_alarms(intake.alarms.len() + usize::from(intake.paused.is_some()), may_wait);
         while run.staged.len() < MAX_RUN {
             let Some((slot, alarm)) = intake.paused.take().or_else(|| intake.alarms.next()) else { break };
             match self.take_in(slot, alarm, &mut run) {
                 Step::Answered(answer) => intake.out[slot] = Some(answer),
                 Step::Staged => {}
                 Step::Pause(alarm) => {
-                    debug_assert!(!run.staged.is_empty(), "only a run holding something pauses");
                     intake.paused = Some((slot, alarm));
+                    if run.staged.is_empty() {
+                        debug_assert!(!may_wait, "only a run holding something, or one that may not wait, pauses");
+                        return Err(WouldWait);
+                    }
                     break;
                 }
             }
         }
-        (!run.staged.is_empty()).then_some(PendingRun(run))
+        Ok((!run.staged.is_empty()).then_some(PendingRun(run)))
     }
 
     /// Hands the run's events to the journal. `done` gets the run back with
@@ -944,7 +977,7 @@ impl Dispatcher {
             Severity::Urgent => {
                 let mut guard = lanes.urgent_room.0.lock();
                 while full() {
-                    if !run.staged.is_empty() {
+                    if !run.staged.is_empty() || !run.may_wait {
                         return Ok(Open::LaneFull(alarm));
                     }
                     lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
@@ -999,16 +1032,17 @@ impl Dispatcher {
             Some(cell) => {
                 Ok(self.lock_or_pause(run, || cell.try_lock_arc(), || cell.lock_arc()).ok_or(Paused)?.clone())
             }
-            None => Ok(self.journal.load(id)),
+            None if run.may_wait => Ok(self.journal.load(id)),
+            None => Err(Paused),
         }
     }
 
     /// Takes a lock a run may be holding (a key or an incident it staged):
     /// at once if it is free; else waits for it only if the run holds
-    /// nothing (so a thread never waits while holding a staged lock), or
-    /// returns `None` so that the run ends first.
+    /// nothing (so a thread never waits while holding a staged lock) and may
+    /// wait, or returns `None` so that the run ends first.
     fn lock_or_pause<G>(&self, run: &Run, try_lock: impl FnOnce() -> Option<G>, lock: impl FnOnce() -> G) -> Option<G> {
-        try_lock().or_else(|| run.staged.is_empty().then(lock))
+        try_lock().or_else(|| (run.may_wait && run.staged.is_empty()).then(lock))
     }
 
     // -------------------------------------------------------------- matching

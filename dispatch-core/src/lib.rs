@@ -18,7 +18,7 @@ pub mod wheel;
 
 pub use engine::{
     AppendDone, CaregiverView, Clock, DispatchConfig, Dispatcher, EventSink, Intake, Journal, JournaledRun,
-    ManualClock, NoJournal, NoSink, PendingRun, RaiseOutcome, SystemClock,
+    ManualClock, NoJournal, NoSink, PendingRun, RaiseOutcome, SystemClock, WouldWait,
 };
 pub use error::{DispatchError, Result};
 pub use geo::{GeoPoint, TravelMode, TravelModel};

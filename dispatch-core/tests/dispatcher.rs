@@ -358,6 +358,64 @@ fn runs_in_flight_finish_in_any_order_with_their_own_outcome() {
     assert_eq!(out.incident.assigned, Some(cg("a")));
 }
 
+/// A run that may not wait (an async worker's) gives up instead of waiting
+/// on a key or incident a run in flight holds, keeping the alarm first in
+/// its batch; once that run is finished it goes on with the answers a
+/// waiting run would have got.
+#[test]
+fn try_next_run_gives_up_where_next_run_would_wait() {
+    let journal = Arc::new(LaterJournal::default());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let d = Dispatcher::new(DispatchConfig::default(), journal.clone(), Arc::new(NoSink), clock);
+    d.upsert_caregiver(CaregiverProfile {
+        id: cg("a"),
+        skills: vec![],
+        home: p(43.88, 125.37),
+        mode: TravelMode::Bike,
+    });
+    d.set_status(&cg("a"), CaregiverStatus::Available, None).unwrap();
+    // Stages, journals and (once the journal is told to answer) finishes one run.
+    let run_in_flight = |intake: &mut Intake| {
+        let run = d.try_next_run(intake).expect("nothing to wait on").expect("staged");
+        let (tx, rx) = std::sync::mpsc::channel();
+        d.journal_run(run, move |j| tx.send(j).unwrap());
+        rx
+    };
+    let commit = |intake: &mut Intake, rx: std::sync::mpsc::Receiver<JournaledRun>| {
+        journal.waiting.lock().unwrap().pop().unwrap()(Ok(()));
+        d.finish_run(intake, rx.recv().unwrap());
+    };
+    let mut first = d.intake(vec![alarm("k0", AlarmKind::Wandering, 43.880, 125.37)]);
+    let in_flight = run_in_flight(&mut first);
+    // A retry of k0 while its key is held.
+    let mut retry = d.intake(vec![alarm("k0", AlarmKind::Wandering, 43.880, 125.37)]);
+    assert!(matches!(d.try_next_run(&mut retry), Err(WouldWait)));
+    assert!(matches!(d.try_next_run(&mut retry), Err(WouldWait)), "the alarm is kept, not dropped");
+    assert!(!retry.is_done());
+    commit(&mut first, in_flight);
+    let id = first.into_answers().pop().unwrap().unwrap().incident.id;
+    assert!(matches!(d.try_next_run(&mut retry), Ok(None)), "a retry of a durable key is answered at once");
+    assert!(retry.is_done());
+    let dup = retry.into_answers().pop().unwrap().unwrap();
+    assert!(dup.duplicate && dup.incident.id == id);
+    // A repeat while another repeat's run holds the incident.
+    let repeat = |key: &str| Alarm {
+        elder: ElderId::parse("e", "E-k0").unwrap(),
+        ..alarm(key, AlarmKind::Wandering, 43.880, 125.37)
+    };
+    let mut second = d.intake(vec![repeat("k1")]);
+    let in_flight = run_in_flight(&mut second);
+    let mut third = d.intake(vec![repeat("k2"), alarm("k3", AlarmKind::SosButton, 43.880, 125.37)]);
+    assert!(matches!(d.try_next_run(&mut third), Err(WouldWait)));
+    commit(&mut second, in_flight);
+    let run = run_in_flight(&mut third);
+    commit(&mut third, run);
+    assert!(third.is_done());
+    let out: Vec<_> = third.into_answers().into_iter().map(|r| r.unwrap()).collect();
+    assert!(out[0].merged && out[0].incident.id == id && out[0].incident.repeat_count == 2, "{out:?}");
+    assert!(!out[1].merged && out[1].incident.id != id, "the next alarm went in the same run");
+}
+
 /// Batches from several threads share keys and sources: no deadlock, and
 /// every key leads to exactly one incident whatever thread answered it.
 #[test]

@@ -47,9 +47,8 @@ pub struct AppState {
     pub position_persisted: DashMap<String, i64>,
     /// Turns true when the server shuts down; long-lived streams end on it.
     pub closing: tokio::sync::watch::Sender<bool>,
-    /// Stage alarm intake runs, and finish them once they are durable.
+    /// Stage the alarm intake runs that may wait (see `api::alarm::take_in`).
     pub stagers: crate::api::alarm::Workers,
-    pub finisher: crate::api::alarm::Workers,
 }
 
 impl AppState {
@@ -164,7 +163,6 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         position_persisted: DashMap::new(),
         closing: tokio::sync::watch::channel(false).0,
         stagers: crate::api::alarm::Workers::start("anxin-stage", crate::api::alarm::STAGERS)?,
-        finisher: crate::api::alarm::Workers::start("anxin-finish", 1)?,
     });
 
     let restarted_ms = crate::api::now_ms();

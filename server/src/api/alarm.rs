@@ -175,70 +175,77 @@ pub async fn raise_many(
     answers.into_iter().map(|a| a.unwrap_or_else(|| Err(ApiError::Internal("alarm not answered".into())))).collect()
 }
 
-/// Takes `alarms` in run by run (see `Dispatcher::next_run`): each run is
-/// staged and handed to the journal by a stager thread (staging may wait on
-/// a lock another run holds, or on room in the urgent lane); once it is
-/// committed the store's writer hands it to the finisher thread, and the
-/// batch goes on with its next run. So batches waiting for the store neither
-/// need nor cost threads, the store's group commit gathers all of them, and
-/// a committed run is finished (its locks let go) without needing a runtime
-/// worker. Runs as its own task, so that a caller that goes away (a
-/// cancelled call, a stopped loop) never leaves a batch half taken in.
+/// Takes `alarms` in run by run (see `Dispatcher::next_run`). Small batches
+/// (a few coalesced unary calls, a stream's alarms under light load) are
+/// staged right here on the runtime's worker, which never waits for that
+/// (`Dispatcher::try_next_run`); large ones, and an alarm that would wait (on
+/// a key or incident a run being stored holds, on room in the urgent lane),
+/// are staged by a stager thread. Each run goes to the journal, whose writer
+/// hands it back once committed, and is finished here (its locks let go, its
+/// events published, its alarms answered). Staging here and finishing here
+/// saves the thread hand-offs that were most of a unary call's latency on
+/// two cores. A stager waits only on runs already journaled, which this task
+/// finishes without waiting on anything, so waits always end. Runs as its own
+/// task, so that a caller that goes away (a cancelled call, a stopped loop)
+/// never leaves a batch half taken in.
 async fn take_in(state: &Arc<AppState>, alarms: Vec<core::Alarm>) -> ApiResult<Vec<core::Result<core::RaiseOutcome>>> {
     tokio::spawn(take_in_runs(state.clone(), alarms).in_current_span())
         .await
         .map_err(|e| ApiError::Internal(format!("intake task failed: {e}")))?
 }
 
-/// Where a batch is after a stager's turn.
-enum Staging {
-    /// A run is being committed; the batch comes back once it is finished.
-    Committing(oneshot::Receiver<core::Intake>),
-    /// Every alarm is answered.
-    Done(core::Intake),
-}
+/// Batches of at most this many alarms are staged on the runtime's worker.
+/// Staging takes a few microseconds per alarm, so a worker is held for well
+/// under a millisecond; a larger batch goes to a stager thread.
+const INLINE_BATCH: usize = 64;
 
 async fn take_in_runs(
     state: Arc<AppState>,
     alarms: Vec<core::Alarm>,
 ) -> ApiResult<Vec<core::Result<core::RaiseOutcome>>> {
-    let mut intake = state.dispatcher.intake(alarms);
+    let inline = alarms.len() <= INLINE_BATCH;
+    let d = state.dispatcher.clone();
+    let mut intake = d.intake(alarms);
     loop {
-        let (d, finisher) = (state.dispatcher.clone(), state.finisher.clone());
-        let next = state.stagers.run(move || {
-            let Some(run) = d.next_run(&mut intake) else { return Staging::Done(intake) };
-            let (tx, rx) = oneshot::channel();
-            let finishing = d.clone();
-            d.journal_run(run, move |run| {
-                finisher.submit(Box::new(move || {
-                    finishing.finish_run(&mut intake, run);
-                    let _ = tx.send(intake);
-                }))
-            });
-            Staging::Committing(rx)
-        });
-        match next.await.ok_or_else(|| ApiError::Internal("staging an intake run failed".into()))? {
-            Staging::Committing(finished) => {
-                intake = finished.await.map_err(|_| ApiError::Internal("an intake run was not finished".into()))?;
+        let next = match inline.then(|| d.try_next_run(&mut intake)) {
+            Some(Ok(next)) => next,
+            _ if intake.is_done() => None,
+            _ => {
+                let staging = d.clone();
+                let (back, next) = state
+                    .stagers
+                    .run(move || {
+                        let next = staging.next_run(&mut intake);
+                        (intake, next)
+                    })
+                    .await
+                    .ok_or_else(|| ApiError::Internal("staging an intake run failed".into()))?;
+                intake = back;
+                next
             }
-            Staging::Done(done) => return Ok(done.into_answers()),
-        }
+        };
+        let Some(run) = next else { return Ok(intake.into_answers()) };
+        let (tx, rx) = oneshot::channel();
+        d.journal_run(run, move |run| {
+            let _ = tx.send(run);
+        });
+        let run = rx.await.map_err(|_| ApiError::Internal("an intake run was not answered by the journal".into()))?;
+        d.finish_run(&mut intake, run);
     }
 }
 
 /// A job for a [`Workers`] thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads of their own for alarm intake, fed through a queue: stagers (see
-/// [`STAGERS`]) and the finisher, which finishes journaled runs. Not the
-/// runtime's workers: a handler may block one on an incident a run holds
-/// until it is finished. Not the blocking pool: it starts a thread whenever
-/// none is idle at the instant a job arrives, so thousands of short staging
-/// jobs a second grew it to its 512-thread cap (each with its own allocator
-/// heap: gigabytes). A queued job holds no lock (a paused alarm lets its key
-/// go), so a fixed set of threads cannot deadlock: a stager waits only on
-/// runs already journaled, which the finisher finishes. Cheap to clone; the
-/// threads end with the last handle.
+/// Threads of their own for staging alarms (see [`STAGERS`]), fed through a
+/// queue. Not the runtime's workers: staging may wait on an incident a run
+/// holds until that run is finished. Not the blocking pool: it starts a
+/// thread whenever none is idle at the instant a job arrives, so thousands of
+/// short staging jobs a second grew it to its 512-thread cap (each with its
+/// own allocator heap: gigabytes). A queued job holds no lock (a paused alarm
+/// lets its key go), so a fixed set of threads cannot deadlock: a stager
+/// waits only on runs already journaled, which `take_in_runs` finishes on the
+/// runtime. Cheap to clone; the threads end with the last handle.
 #[derive(Clone)]
 pub struct Workers {
     jobs: crossbeam::channel::Sender<Job>,
