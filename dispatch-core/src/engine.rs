@@ -1070,10 +1070,10 @@ impl Dispatcher {
             let filter =
                 MatchFilter { skill: None, exclude: &declined, allow_on_visit: critical, max_radius_m: radius };
             // Claims can lose races with other incidents: the first look asks only
-            // for as many as are offered plus one (a small search), later looks
-            // for `candidates`.
+            // for as many as are offered (the smallest search), later looks for
+            // `candidates`.
             for attempt in 0..3 {
-                let k = if attempt == 0 { usize::from(critical) + 2 } else { self.config.candidates };
+                let k = if attempt == 0 { usize::from(critical) + 1 } else { self.config.candidates };
                 let candidates = self.index.nearest(&inc.location, k, &filter, &self.config.travel);
                 if candidates.is_empty() {
                     break;
