@@ -103,51 +103,35 @@ impl Ingest {
 
 /// Takes `alarms` in as the server does: in chunks of `CHUNK`, each run
 /// staged and handed to the journal without waiting for its commit, so the
-/// chunks' commits overlap with staging the next ones; runs are finished as
-/// the journal reports them (here on this thread, the server's finisher
-/// thread), and a chunk's next run, if any, is staged then.
+/// chunks' commits overlap with staging the next ones; a run is finished when
+/// the journal reports it (here on this thread, in the server on the batch's
+/// task), and its chunk's next run, if any, is staged then.
 fn take_in_pipelined(d: &Dispatcher, alarms: Vec<Alarm>) -> Vec<IncidentId> {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, JournaledRun)>();
     let mut alarms = alarms.into_iter().peekable();
-    let mut intakes: Vec<Option<Intake>> = Vec::new();
+    let mut intakes: Vec<Intake> = Vec::new();
     while alarms.peek().is_some() {
-        intakes.push(Some(d.intake(alarms.by_ref().take(CHUNK).collect())));
+        intakes.push(d.intake(alarms.by_ref().take(CHUNK).collect()));
     }
-    let mut ids = Vec::new();
-    let mut in_flight = 0;
-    let stage = |i: usize, intake: &mut Intake, in_flight: &mut usize| match d.next_run(intake) {
+    // Stages chunk `i`'s next run, if any: how many runs that put in flight.
+    let stage = |i: usize, intake: &mut Intake| match d.next_run(intake) {
         Some(run) => {
             let tx = done_tx.clone();
             d.journal_run(run, move |run| {
                 let _ = tx.send((i, run));
             });
-            *in_flight += 1;
-            false
+            1
         }
-        None => true,
+        None => 0,
     };
-    let mut finished = Vec::new();
-    for (i, slot) in intakes.iter_mut().enumerate() {
-        let intake = slot.as_mut().unwrap_or_else(|| unreachable!());
-        if stage(i, intake, &mut in_flight) {
-            finished.push(i);
-        }
-    }
+    let mut in_flight: usize = intakes.iter_mut().enumerate().map(|(i, intake)| stage(i, intake)).sum();
+    // Every chunk is answered once none of its runs is in flight.
     while in_flight > 0 {
         let Ok((i, run)) = done_rx.recv() else { break };
-        in_flight -= 1;
-        let intake = intakes[i].as_mut().unwrap_or_else(|| unreachable!());
-        d.finish_run(intake, run);
-        if stage(i, intake, &mut in_flight) {
-            finished.push(i);
-        }
+        d.finish_run(&mut intakes[i], run);
+        in_flight = in_flight - 1 + stage(i, &mut intakes[i]);
     }
-    for i in finished {
-        if let Some(intake) = intakes[i].take() {
-            ids.extend(intake.into_answers().into_iter().filter_map(|o| o.ok()).map(|o| o.incident.id));
-        }
-    }
-    ids
+    intakes.into_iter().flat_map(|intake| intake.into_answers()).filter_map(|o| o.ok()).map(|o| o.incident.id).collect()
 }
 
 /// Cancels `ids` from 32 threads (with a durable journal each cancel waits

@@ -636,11 +636,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let backlog = {
+            // (The pending rows are counted only between flushes: during one,
+            // that lock per commit would be for nothing.)
+            let backlog = || {
                 let u = self.unflushed.lock();
                 u.pending.incidents.len() + u.pending.keys.len() >= FLUSH_MAX
             };
-            if self.flush.is_none() && (backlog || self.last_flush.elapsed() >= self.interval) {
+            if self.flush.is_none() && (self.last_flush.elapsed() >= self.interval || backlog()) {
                 if let Err(e) = self.start_flush() {
                     tracing::error!(error = %e, "starting a flush of the incident tables failed; tried again later");
                 }
@@ -698,7 +700,6 @@ impl Writer {
     /// one, so that one bad write does not fail its neighbours), takes in
     /// what committed appends leave for the tables, then answers each request.
     fn commit_batch(&mut self, batch: &mut Vec<Request>, chunk: usize) {
-        let chunk = if self.flush.is_some() { chunk } else { 0 };
         if batch.is_empty() && chunk == 0 {
             return;
         }
@@ -1158,8 +1159,8 @@ mod tests {
         assert_eq!(snap.keys.len(), 2);
     }
 
-    /// The writer flushes on its own after the interval, with no further
-    /// writes to prompt it.
+    /// A flush's rows are spread over the commits expected before the next
+    /// flush, never fewer than `FLUSH_CHUNK_MIN` a commit, never all at once.
     #[test]
     fn flushes_are_spread_over_the_commits_of_their_interval() {
         let ms = Duration::from_millis;
@@ -1174,6 +1175,8 @@ mod tests {
         assert_eq!(paced_chunk(10, Duration::ZERO, ms(2)), FLUSH_CHUNK_MIN);
     }
 
+    /// The writer flushes on its own after the interval, with no further
+    /// writes to prompt it.
     #[test]
     fn the_writer_flushes_after_its_interval() {
         let dir = tempfile::tempdir().unwrap();

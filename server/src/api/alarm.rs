@@ -245,8 +245,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// own allocator heap: gigabytes). A queued job holds no lock (a paused alarm
 /// lets its key go), so a fixed set of threads cannot deadlock: a stager
 /// waits only on runs already journaled, which `take_in_runs` finishes on the
-/// runtime. Cheap to clone; the threads end with the last handle.
-#[derive(Clone)]
+/// runtime. The threads end with the handle.
 pub struct Workers {
     jobs: crossbeam::channel::Sender<Job>,
 }
@@ -273,15 +272,11 @@ impl Workers {
         Ok(Workers { jobs })
     }
 
-    /// Queues `job` (dropped, unrun, only once the threads have ended).
-    fn submit(&self, job: Job) {
-        let _ = self.jobs.send(job);
-    }
-
-    /// Runs `job` on one of the threads; `None` if it panicked.
+    /// Runs `job` on one of the threads; `None` if it panicked (or the
+    /// threads have ended: the job is dropped unrun).
     async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Box::new(move || {
+        let _ = self.jobs.send(Box::new(move || {
             let _ = tx.send(job());
         }));
         rx.await.ok()
