@@ -1,17 +1,22 @@
-//! The embedded store: one SQLite file (WAL, synchronous=FULL) under the data
-//! directory. All writes go through one writer thread that commits whatever
-//! is queued in one transaction (group commit), so many concurrent alarms
-//! share one fsync. Records are kept as encoded protocol messages plus the
-//! columns needed to find them.
+//! The embedded store: two SQLite files (WAL) under the data directory.
+//! `anxin.db` (synchronous=FULL) holds the registry, plans, visit records and
+//! the incident journal; all its writes go through one writer thread that
+//! commits whatever is queued in one transaction (group commit), so many
+//! concurrent alarms share one fsync. Records are kept as encoded protocol
+//! messages plus the columns needed to find them.
 //!
 //! Incident changes are durable as one `incident_journal` row per append:
 //! the events (the audit trail) and the snapshot of every incident they
 //! changed. The `incidents` and `alarm_keys` tables, which reads by id and by
-//! key use, are brought up to date from those rows at most every
-//! [`FLUSH_INTERVAL`] (an incident changed many times in that while is
-//! written once, where writing every change cost a random page per change);
-//! until then reads find them in memory, and a restart replays the journal
-//! rows written after the last flush.
+//! key use, live in `incidents.db` and are brought up to date from those
+//! rows at most every [`FLUSH_INTERVAL`] by a flusher thread of their own (an
+//! incident changed many times in that while is written once, where writing
+//! every change cost a random page per change). Their own file and thread
+//! keep those page writes out of the commits appends wait for, and their
+//! commits need no fsync (synchronous=NORMAL): the mark of the last journal
+//! row flushed commits with the rows, so a flush lost to a power cut is
+//! replayed. Until a flush lands, reads find the rows in memory, and a
+//! restart replays the journal rows written after the mark.
 //!
 //! Architecture Invariant: `Journal::append` returns only after the events
 //! are committed to disk.
@@ -38,24 +43,25 @@ const MAX_BATCH: usize = 512;
 /// until [`FLUSH_MAX`] rows wait) before they are written to their tables.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_MAX: usize = 100_000;
-/// Rows of a flush written with a commit of appends, at least (see
-/// `Writer::flush_chunk`). A flush is spread over many commits: each row
-/// costs its commit page writes, and every append behind that commit waits.
-const FLUSH_CHUNK_MIN: usize = 64;
-/// Rows of a flush an idle writer writes per commit, looking for appends in
-/// between (an append that arrives meanwhile waits for one small commit).
-const FLUSH_CHUNK_IDLE: usize = 128;
+/// Rows waiting beyond which appends wait for the flusher (see
+/// `Writer::commit_batch`): ten flushes' worth.
+const FLUSH_HARD_MAX: usize = 10 * FLUSH_MAX;
+/// Rows of a flush per transaction of the tables' file. The chunks of a
+/// flush are spread over half its interval, so that the flusher takes the
+/// cores in short turns rather than in one burst a second.
+const FLUSH_CHUNK: usize = 512;
 
 /// The `meta` key holding the last journal row whose snapshots and keys are
 /// in their tables: a restart replays the rows after it.
 const FLUSHED_THROUGH: &str = "journal_flushed_through";
 
-/// Tables made by older builds differ only in cost (`incident_events.seq` was
-/// AUTOINCREMENT, `alarm_keys` had a rowid): events are never deleted, so
-/// plain rowids stay increasing, and one key B-tree replaces two. Builds
-/// before the journal table wrote one `incident_events` row per event; those
-/// rows stay where they are, and new events go to `incident_journal`, one
-/// row per append.
+/// The main file (`anxin.db`). Tables made by older builds differ only in
+/// cost (`incident_events.seq` was AUTOINCREMENT): events are never deleted,
+/// so plain rowids stay increasing. Builds before the journal table wrote
+/// one `incident_events` row per event; those rows stay where they are, and
+/// new events go to `incident_journal`, one row per append. Builds before
+/// schema version 3 kept `incidents` and `alarm_keys` here too: they move
+/// to the tables' file on open (see `move_tables`).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS elders (id TEXT PRIMARY KEY, body BLOB NOT NULL);
@@ -63,11 +69,7 @@ CREATE TABLE IF NOT EXISTS caregivers (id TEXT PRIMARY KEY, body BLOB NOT NULL,
     status INTEGER NOT NULL DEFAULT 1, lat REAL, lon REAL, seen_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, elder_id TEXT NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS devices_by_elder ON devices (elder_id);
-CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
-    caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
-DROP INDEX IF EXISTS incidents_by_state;
 CREATE TABLE IF NOT EXISTS incident_journal (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, events BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS plans (job_id TEXT PRIMARY KEY, month TEXT NOT NULL, created_ms INTEGER NOT NULL,
     phase INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL DEFAULT 0,
     input TEXT, plan TEXT, suggestions TEXT);
@@ -76,9 +78,23 @@ CREATE TABLE IF NOT EXISTS visit_records (elder_id TEXT NOT NULL, date TEXT NOT 
     outcome INTEGER NOT NULL, at_ms INTEGER NOT NULL, note TEXT NOT NULL, PRIMARY KEY (elder_id, date));
 ";
 
-/// 2: incident snapshots and keys reach their tables from the journal (see
-/// the module doc).
-const SCHEMA_VERSION: &str = "2";
+/// The tables' file (`incidents.db`): the incident snapshots and alarm keys
+/// flushed from the journal, and the mark of the last journal row flushed.
+/// (Alarm keys of builds before the journal table had a rowid as well;
+/// their rows move here like the others.)
+const TABLES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
+    caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+const TABLES_FILE: &str = "incidents.db";
+
+/// 2: incident snapshots and keys reach their tables from the journal; 3:
+/// those tables are in their own file, written by their own thread (see the
+/// module doc).
+const SCHEMA_VERSION: &str = "3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -254,6 +270,11 @@ impl Pending {
         self.incidents.is_empty() && self.keys.is_empty()
     }
 
+    /// Rows for the tables.
+    fn len(&self) -> usize {
+        self.incidents.len() + self.keys.len()
+    }
+
     /// Takes in what a committed append leaves for the tables (later rows
     /// supersede earlier ones; the first incident of a key stays).
     fn absorb(&mut self, rows: &mut JournalRows) {
@@ -266,12 +287,15 @@ impl Pending {
     }
 }
 
-/// What the tables lack, shared by the writer (which fills and flushes it)
-/// and the readers (which look here before the tables).
+/// What the tables lack, shared by the writer (which fills it), the flusher
+/// (which empties it) and the readers (which look here before the tables).
 #[derive(Default)]
 struct Unflushed {
     pending: Pending,
-    /// Being written by the writer: still read from here until committed.
+    /// The last journal row committed: `pending` holds what it and the rows
+    /// before it leave for the tables (or the tables have it already).
+    through: i64,
+    /// Being written by the flusher: still read from here until committed.
     flushing: Option<Arc<Pending>>,
 }
 
@@ -376,38 +400,51 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Owns the writer thread.
+/// Owns the writer and flusher threads.
 pub struct StoreWriter {
     tx: Sender<Msg>,
     handle: Option<JoinHandle<()>>,
+    flusher: Sender<FlushMsg>,
+    flush_handle: Option<JoinHandle<()>>,
 }
 
 impl StoreWriter {
-    /// Commits everything queued so far, stops the writer and closes the
-    /// database; later writes through any `Store` handle fail.
+    /// Commits everything queued so far, stops the writer, flushes the
+    /// tables and closes the database; later writes through any `Store`
+    /// handle fail.
     pub fn close(self) {
-        self.stop(Msg::Stop);
+        self.stop(Msg::Stop, FlushMsg::Stop);
     }
 
     /// Stops the writer after what is queued, without flushing the tables,
     /// as a killed process leaves the store.
     #[cfg(test)]
     fn abandon(self) {
-        self.stop(Msg::Abandon);
+        self.stop(Msg::Abandon, FlushMsg::Abandon);
     }
 
-    fn stop(mut self, how: Msg) {
+    /// The writer first, so that the flusher's last flush has every append.
+    fn stop(mut self, how: Msg, then: FlushMsg) {
         let _ = self.tx.send(how);
         if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        let _ = self.flusher.send(then);
+        if let Some(h) = self.flush_handle.take() {
             let _ = h.join();
         }
     }
 }
 
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+/// A connection to `path` with the store's settings; `synchronous` is FULL
+/// for the main file (a commit is durable when it returns) and NORMAL for
+/// the tables' file (a commit is atomic and ordered, and may be lost to a
+/// power cut: the journal has its rows, and the mark it commits with says
+/// where a restart replays from).
+fn open_conn(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Keep the working set in memory: 256 MiB of page cache (a negative size
     // is KiB) and reads through mmap, so inserts do not re-read pages with
@@ -422,8 +459,8 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/anxin.db`, reads everything back, and
-    /// starts the writer thread.
+    /// Opens (creating if needed) `dir/anxin.db` and `dir/incidents.db`,
+    /// reads everything back, and starts the writer and flusher threads.
     pub fn open(dir: &Path) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
         Store::open_flushing(dir, FLUSH_INTERVAL)
     }
@@ -435,42 +472,48 @@ impl Store {
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
         })?;
         let path = dir.join("anxin.db");
-        let conn = open_conn(&path)?;
+        let conn = open_conn(&path, "FULL")?;
         conn.execute_batch(SCHEMA)?;
         let version: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
-        match version.as_deref() {
-            Some(SCHEMA_VERSION) => {}
-            // Version 1 kept the incident tables up to date on every append; it
-            // is read as it is (see `replay`). Builds that know only version 1
-            // refuse a version 2 store instead of missing unflushed incidents.
-            None | Some("1") => set_meta(&conn, "schema_version", SCHEMA_VERSION)?,
-            Some(found) => return Err(StoreError::Version { path, found: found.to_owned() }),
+        // Versions 1 and 2 kept the incident tables in the main file: they
+        // move (see `move_tables`). Builds that know only older versions
+        // refuse a newer store instead of missing its incidents.
+        if let Some(found) = version.as_deref().filter(|v| !matches!(*v, "1" | "2" | SCHEMA_VERSION)) {
+            return Err(StoreError::Version { path, found: found.to_owned() });
+        }
+        let tables_path = dir.join(TABLES_FILE);
+        let tables = open_conn(&tables_path, "NORMAL")?;
+        tables.execute_batch(TABLES_SCHEMA)?;
+        move_tables(&conn, &tables_path)?;
+        if version.as_deref() != Some(SCHEMA_VERSION) {
+            set_meta(&conn, "schema_version", SCHEMA_VERSION)?;
         }
         // Journal rows after the last flush (the process stopped before it):
         // their incidents and keys go to the tables before anything is read.
-        let unflushed = Arc::new(parking_lot::Mutex::new(Unflushed { pending: replay(&conn)?, flushing: None }));
-        let mut writer = Writer {
-            conn,
-            unflushed: unflushed.clone(),
-            interval,
-            last_flush: Instant::now(),
-            flush: None,
-            flush_stalled: false,
-            commit_gap: Duration::from_millis(1),
-            last_commit: Instant::now(),
-        };
-        writer.flush_all()?;
-        let snapshot = read_all(&writer.conn)?;
-        let reader = open_conn(&path)?;
+        let (pending, through) = replay(&conn, &tables)?;
+        let unflushed = Arc::new(parking_lot::Mutex::new(Unflushed { pending, through, flushing: None }));
+        let taken = Arc::new(parking_lot::Condvar::new());
+        let mut flusher =
+            Flusher { conn: tables, unflushed: unflushed.clone(), interval, flush: None, taken: taken.clone() };
+        flusher.flush_all(Duration::ZERO)?;
+        let snapshot = read_all(&conn, &flusher.conn)?;
+        let reader = Arc::new(parking_lot::Mutex::new(open_conn(&tables_path, "NORMAL")?));
+        // One nudge waits at most: a backlog asks once until it is flushed.
+        let (nudge, wake) = bounded::<FlushMsg>(1);
         let (tx, rx) = bounded::<Msg>(16_384);
-        let handle =
-            std::thread::Builder::new().name("anxin-store".into()).spawn(move || writer.run(rx)).map_err(|e| {
-                StoreError::Open { path: path.clone(), source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)) }
-            })?;
-        let reader = Arc::new(parking_lot::Mutex::new(reader));
+        let writer = Writer { conn, unflushed: unflushed.clone(), nudge: nudge.clone(), taken };
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(run).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })
+        };
+        let flush_handle = spawn("anxin-flush", Box::new(move || flusher.run(wake)))?;
+        let handle = spawn("anxin-store", Box::new(move || writer.run(rx)))?;
         let store = Store { tx: tx.clone(), path, reader, unflushed };
-        Ok((store, StoreWriter { tx, handle: Some(handle) }, snapshot))
+        let writer = StoreWriter { tx, handle: Some(handle), flusher: nudge, flush_handle: Some(flush_handle) };
+        Ok((store, writer, snapshot))
     }
 
     pub fn path(&self) -> &Path {
@@ -545,21 +588,223 @@ impl Journal for Store {
     }
 }
 
-/// The writer thread's state: its connection and the flush in progress.
+/// The writer thread's state: its connection to the main file.
 struct Writer {
     conn: Connection,
     unflushed: Arc<parking_lot::Mutex<Unflushed>>,
-    /// How often the tables are brought up to date.
-    interval: Duration,
-    last_flush: Instant,
-    flush: Option<Flush>,
-    /// The last flush commit failed: an idle writer does not go on with the
-    /// flush at once but after the interval.
-    flush_stalled: bool,
-    /// Time between the starts of commits (a moving average), and the last start.
-    commit_gap: Duration,
-    last_commit: Instant,
+    /// Asks the flusher for a flush before its interval (a backlog).
+    nudge: Sender<FlushMsg>,
+    /// Notified when the flusher takes the pending rows.
+    taken: Arc<parking_lot::Condvar>,
 }
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        let mut stop = false;
+        while !stop {
+            match rx.recv() {
+                Ok(Msg::Write(first)) => batch.push(first),
+                Ok(Msg::Stop) | Err(_) => break,
+                #[cfg(test)]
+                Ok(Msg::Abandon) => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Write(r)) => batch.push(r),
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    #[cfg(test)]
+                    Ok(Msg::Abandon) => {
+                        self.commit_batch(&mut batch);
+                        return;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        self.commit_batch(&mut batch);
+    }
+
+    /// Commits `batch` in one transaction (if that fails, the writes one by
+    /// one, so that one bad write does not fail its neighbours), hands what
+    /// committed appends leave for the tables to the flusher, then answers
+    /// each request.
+    fn commit_batch(&mut self, batch: &mut Vec<Request>) {
+        if batch.is_empty() {
+            return;
+        }
+        let (results, through) = match self.transact(batch.iter().map(|r| &r.op)) {
+            Ok(through) => (vec![Ok(()); batch.len()], through),
+            Err(e) if batch.len() == 1 => {
+                tracing::error!(error = %e, "store write failed");
+                (vec![Err(e.to_string())], None)
+            }
+            Err(_) => {
+                let mut through = None;
+                let results = batch
+                    .iter()
+                    .map(|r| {
+                        let seq = self.transact(std::iter::once(&r.op)).map_err(|e| e.to_string())?;
+                        through = through.max(seq);
+                        Ok(())
+                    })
+                    .collect();
+                (results, through)
+            }
+        };
+        let backlog = {
+            let mut u = self.unflushed.lock();
+            for (r, res) in batch.iter_mut().zip(&results) {
+                if let (WriteOp::Events(rows), Ok(())) = (&mut r.op, res) {
+                    u.pending.absorb(rows);
+                }
+            }
+            u.through = u.through.max(through.unwrap_or(0));
+            u.pending.len()
+        };
+        if backlog >= FLUSH_MAX {
+            let _ = self.nudge.try_send(FlushMsg::Now);
+        }
+        for (r, res) in batch.drain(..).zip(results) {
+            reply(r, res);
+        }
+        if backlog >= FLUSH_HARD_MAX {
+            // The flusher is far behind (a sustained overload starves it: it
+            // runs at nice 10). The next batch waits for it to take its rows,
+            // a second at most, rather than memory growing without bound:
+            // alarms back up into intake's bounds instead.
+            let until = Instant::now() + Duration::from_secs(1);
+            let mut u = self.unflushed.lock();
+            while u.pending.len() >= FLUSH_HARD_MAX && !self.taken.wait_until(&mut u, until).timed_out() {}
+        }
+    }
+
+    /// One transaction of `ops`; the last journal row it wrote, if any.
+    fn transact<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<Option<i64>, StoreError> {
+        let started = Instant::now();
+        let tx = self.conn.transaction()?;
+        let (mut n, mut through) = (0, None);
+        for op in ops {
+            if let Some(seq) = apply(&tx, op)? {
+                through = Some(seq);
+            }
+            n += 1;
+        }
+        tx.commit()?;
+        if started.elapsed() >= Duration::from_millis(50) {
+            tracing::debug!(writes = n, ms = started.elapsed().as_millis() as u64, "slow store commit");
+        }
+        Ok(through)
+    }
+}
+
+/// What the writer (and the store's owner) tell the flusher.
+enum FlushMsg {
+    /// A backlog: flush now rather than at the interval.
+    Now,
+    /// Flush what is left and stop.
+    Stop,
+    /// Stop without flushing, as a killed process would (tests).
+    #[cfg(test)]
+    Abandon,
+}
+
+/// The flusher thread's state: its connection to the tables' file and the
+/// flush in progress (kept when a commit fails, and resumed).
+struct Flusher {
+    conn: Connection,
+    unflushed: Arc<parking_lot::Mutex<Unflushed>>,
+    interval: Duration,
+    flush: Option<Flush>,
+    taken: Arc<parking_lot::Condvar>,
+}
+
+impl Flusher {
+    #[allow(clippy::while_let_loop)] // tests have a third way out: `Abandon`
+    fn run(mut self, rx: Receiver<FlushMsg>) {
+        lower_priority();
+        loop {
+            match rx.recv_timeout(self.interval) {
+                Ok(FlushMsg::Now) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(FlushMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                #[cfg(test)]
+                Ok(FlushMsg::Abandon) => return,
+            }
+            if let Err(e) = self.flush_all(self.interval / 2) {
+                tracing::error!(error = %e, "writing incidents from the journal failed; tried again later");
+            }
+        }
+        if let Err(e) = self.flush_all(Duration::ZERO) {
+            tracing::error!(error = %e, "writing incidents from the journal at shutdown failed; the journal replays them");
+        }
+    }
+
+    /// Writes everything the writer has handed over so far to the tables,
+    /// `FLUSH_CHUNK` rows a transaction, the mark with the last, spread over
+    /// `over` (pausing between chunks).
+    fn flush_all(&mut self, over: Duration) -> Result<(), StoreError> {
+        if self.flush.is_none() {
+            self.flush = self.start_flush();
+        }
+        let Some(f) = self.flush.as_mut() else { return Ok(()) };
+        let started = Instant::now();
+        while f.done < f.len() {
+            let tx = self.conn.transaction()?;
+            let done = f.write(&tx, FLUSH_CHUNK)?;
+            tx.commit()?;
+            f.done = done;
+            let chunks_left = (f.len() - f.done).div_ceil(FLUSH_CHUNK) as u32;
+            if chunks_left > 0 {
+                std::thread::sleep(over.saturating_sub(started.elapsed()) / (chunks_left + 1));
+            }
+        }
+        tracing::debug!(
+            incidents = f.ids.len(),
+            keys = f.keys.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "incident tables flushed from the journal"
+        );
+        self.flush = None;
+        self.unflushed.lock().flushing = None;
+        Ok(())
+    }
+
+    /// Takes what is pending for the tables (it stays readable as `flushing`).
+    fn start_flush(&self) -> Option<Flush> {
+        let (taken, through) = {
+            let mut u = self.unflushed.lock();
+            if u.pending.is_empty() {
+                return None;
+            }
+            let taken = Arc::new(std::mem::take(&mut u.pending));
+            u.flushing = Some(taken.clone());
+            (taken, u.through)
+        };
+        self.taken.notify_all();
+        let mut ids: Vec<i64> = taken.incidents.keys().copied().collect();
+        ids.sort_unstable();
+        let mut keys: Vec<IdempotencyKey> = taken.keys.keys().cloned().collect();
+        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Some(Flush { taken, ids, keys, done: 0, through })
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): flushing the
+/// tables is background work, and on two cores it should wait for the
+/// threads that alarms wait for, not they for it.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: a plain system call; on Linux, PRIO_PROCESS with 0 names the
+    // calling thread.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Rows taken from [`Pending`] for their tables, in B-tree order (so that
 /// neighbours share pages), written a chunk per transaction.
@@ -571,7 +816,6 @@ struct Flush {
     done: usize,
     /// The last journal row whose snapshots and keys `taken` holds.
     through: i64,
-    started: Instant,
 }
 
 impl Flush {
@@ -607,223 +851,56 @@ impl Flush {
     }
 }
 
-impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-        let mut stop = false;
-        while !stop {
-            // With a flush under way, an idle writer goes on with it.
-            let wait = if self.flush.is_some() && !self.flush_stalled { Duration::ZERO } else { self.interval };
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Write(first)) => batch.push(first),
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                #[cfg(test)]
-                Ok(Msg::Abandon) => return,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Write(r)) => batch.push(r),
-                    Ok(Msg::Stop) => {
-                        stop = true;
-                        break;
-                    }
-                    #[cfg(test)]
-                    Ok(Msg::Abandon) => {
-                        self.commit_batch(&mut batch, 0);
-                        return;
-                    }
-                    Err(_) => break,
-                }
-            }
-            // (The pending rows are counted only between flushes: during one,
-            // that lock per commit would be for nothing.)
-            let backlog = || {
-                let u = self.unflushed.lock();
-                u.pending.incidents.len() + u.pending.keys.len() >= FLUSH_MAX
-            };
-            if self.flush.is_none() && (self.last_flush.elapsed() >= self.interval || backlog()) {
-                if let Err(e) = self.start_flush() {
-                    tracing::error!(error = %e, "starting a flush of the incident tables failed; tried again later");
-                }
-            }
-            // Rows of the flush ride along with the batch's commit.
-            let chunk = self.flush_chunk(batch.is_empty());
-            self.commit_batch(&mut batch, chunk);
-        }
-        if let Err(e) = self.flush_all() {
-            tracing::error!(error = %e, "writing incidents from the journal at shutdown failed; the journal replays them");
-        }
+/// Moves `incidents` and `alarm_keys` of a store made before schema
+/// version 3 from the main file to the tables' file at `to`: rows and flush
+/// mark in one transaction of that file, then the old tables go in one of
+/// the main file (interrupted in between, the move is made again: the rows
+/// replace themselves). Such a store without a flush mark was written by a
+/// build that kept the tables up to date itself: its journal rows are all
+/// in the tables.
+fn move_tables(conn: &Connection, to: &Path) -> Result<(), StoreError> {
+    let old: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('incidents', 'alarm_keys')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old == 0 {
+        return Ok(());
     }
-
-    /// Rows of the flush under way to write with the next commit. An idle
-    /// writer writes `FLUSH_CHUNK_IDLE`. Otherwise what is left is spread
-    /// over the commits expected before an interval has passed since the
-    /// flush began (at least four: a late flush writes a quarter of what is
-    /// left), at least `FLUSH_CHUNK_MIN`: never all at once while appends
-    /// wait. With 1,024 rows a commit (and everything at once when idle or
-    /// behind) the unary p99 at 10k/s was ~40 ms, now ~16 ms; a 100k-row
-    /// backlog written at once held appends for 260 ms (BENCHMARKS).
-    fn flush_chunk(&self, idle: bool) -> usize {
-        match &self.flush {
-            None => 0,
-            Some(_) if idle => FLUSH_CHUNK_IDLE,
-            Some(f) => {
-                paced_chunk(f.len() - f.done, self.interval.saturating_sub(f.started.elapsed()), self.commit_gap)
-            }
-        }
+    conn.execute("ATTACH DATABASE ?1 AS moved", [to.to_string_lossy()])?;
+    let moved = conn.execute_batch(&format!(
+        "BEGIN;
+         INSERT OR REPLACE INTO moved.incidents (id, state, elder_id, caregiver_id, updated_ms, body)
+             SELECT id, state, elder_id, caregiver_id, updated_ms, body FROM main.incidents;
+         INSERT OR REPLACE INTO moved.alarm_keys (key, incident_id) SELECT key, incident_id FROM main.alarm_keys;
+         INSERT OR REPLACE INTO moved.meta (key, value) SELECT key, value FROM main.meta WHERE key = '{FLUSHED_THROUGH}';
+         INSERT OR IGNORE INTO moved.meta (key, value)
+             SELECT '{FLUSHED_THROUGH}', coalesce(max(seq), 0) FROM main.incident_journal;
+         COMMIT;
+         BEGIN;
+         DROP TABLE main.incidents;
+         DROP TABLE main.alarm_keys;
+         DELETE FROM main.meta WHERE key = '{FLUSHED_THROUGH}';
+         COMMIT;"
+    ));
+    if moved.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-
-    /// Takes what is pending for the tables (it stays readable as `flushing`).
-    fn start_flush(&mut self) -> Result<(), StoreError> {
-        self.last_flush = Instant::now();
-        let through = last_journal_seq(&self.conn)?;
-        let taken = {
-            let mut u = self.unflushed.lock();
-            if u.pending.is_empty() {
-                return Ok(());
-            }
-            let taken = Arc::new(std::mem::take(&mut u.pending));
-            u.flushing = Some(taken.clone());
-            taken
-        };
-        let mut ids: Vec<i64> = taken.incidents.keys().copied().collect();
-        ids.sort_unstable();
-        let mut keys: Vec<IdempotencyKey> = taken.keys.keys().cloned().collect();
-        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        self.flush = Some(Flush { taken, ids, keys, done: 0, through, started: Instant::now() });
-        Ok(())
-    }
-
-    /// Commits `batch` and up to `chunk` rows of the flush in progress in one
-    /// transaction (if that fails: the rows alone, then the writes one by
-    /// one, so that one bad write does not fail its neighbours), takes in
-    /// what committed appends leave for the tables, then answers each request.
-    fn commit_batch(&mut self, batch: &mut Vec<Request>, chunk: usize) {
-        if batch.is_empty() && chunk == 0 {
-            return;
-        }
-        let results = match self.transact(batch.iter().map(|r| &r.op), chunk) {
-            Ok(()) => {
-                self.flush_stalled &= chunk == 0;
-                vec![Ok(()); batch.len()]
-            }
-            Err(e) => {
-                // The flush's rows alone (if they were not all there was).
-                let flushed = if batch.is_empty() {
-                    Err(e.to_string())
-                } else if chunk > 0 {
-                    self.transact(std::iter::empty(), chunk).map_err(|e| e.to_string())
-                } else {
-                    Ok(())
-                };
-                if chunk > 0 {
-                    self.flush_stalled = flushed.is_err();
-                }
-                if let Err(e) = flushed {
-                    tracing::error!(error = %e, "writing incidents from the journal failed; tried again later");
-                }
-                match batch.len() {
-                    0 => Vec::new(),
-                    1 => {
-                        tracing::error!(error = %e, "store write failed");
-                        vec![Err(e.to_string())]
-                    }
-                    _ => batch
-                        .iter()
-                        .map(|r| self.transact(std::iter::once(&r.op), 0).map_err(|e| e.to_string()))
-                        .collect(),
-                }
-            }
-        };
-        {
-            let mut u = self.unflushed.lock();
-            for (r, res) in batch.iter_mut().zip(&results) {
-                if let (WriteOp::Events(rows), Ok(())) = (&mut r.op, res) {
-                    u.pending.absorb(rows);
-                }
-            }
-        }
-        for (r, res) in batch.drain(..).zip(results) {
-            reply(r, res);
-        }
-    }
-
-    /// One transaction: `ops`, then up to `chunk` rows of the flush.
-    fn transact<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>, chunk: usize) -> Result<(), StoreError> {
-        let started = Instant::now();
-        self.commit_gap = (self.commit_gap * 7 + started.duration_since(self.last_commit)) / 8;
-        self.last_commit = started;
-        let tx = self.conn.transaction()?;
-        let mut n = 0;
-        for op in ops {
-            apply(&tx, op)?;
-            n += 1;
-        }
-        let done = match &self.flush {
-            Some(f) if chunk > 0 => Some(f.write(&tx, chunk)?),
-            _ => None,
-        };
-        let staged = started.elapsed();
-        tx.commit()?;
-        if started.elapsed() >= Duration::from_millis(50) {
-            tracing::debug!(
-                writes = n,
-                staged_ms = staged.as_millis() as u64,
-                ms = started.elapsed().as_millis() as u64,
-                "slow store commit"
-            );
-        }
-        if let (Some(done), Some(f)) = (done, self.flush.as_mut()) {
-            f.done = done;
-            if done == f.len() {
-                tracing::debug!(
-                    incidents = f.ids.len(),
-                    keys = f.keys.len(),
-                    ms = f.started.elapsed().as_millis() as u64,
-                    "incident tables flushed from the journal"
-                );
-                self.flush = None;
-                self.unflushed.lock().flushing = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes everything pending to the tables (at start and at shutdown).
-    fn flush_all(&mut self) -> Result<(), StoreError> {
-        loop {
-            if self.flush.is_none() {
-                self.start_flush()?;
-                if self.flush.is_none() {
-                    return Ok(());
-                }
-            }
-            self.transact(std::iter::empty(), usize::MAX)?;
-        }
-    }
+    conn.execute("DETACH DATABASE moved", [])?;
+    moved?;
+    tracing::info!(to = %to.display(), "moved the incident tables to their own file");
+    Ok(())
 }
 
-/// `left` rows spread over the commits expected in `time_left` one
-/// `commit_gap` apart (at least four), at least `FLUSH_CHUNK_MIN` a commit.
-fn paced_chunk(left: usize, time_left: Duration, commit_gap: Duration) -> usize {
-    let commits = (time_left.as_secs_f64() / commit_gap.as_secs_f64().max(1e-4)).max(4.0);
-    ((left as f64 / commits).ceil() as usize).max(FLUSH_CHUNK_MIN)
-}
-
-/// The incidents and keys of the journal rows written after the last flush.
-/// A store without the flush mark was written by a build that kept the
-/// tables up to date itself: its rows are all in the tables.
-fn replay(conn: &Connection) -> Result<Pending, StoreError> {
+/// The incidents and keys of the journal rows written after the last flush
+/// (all of them if the tables' file has no mark: it is new, or was lost),
+/// and the last journal row.
+fn replay(conn: &Connection, tables: &Connection) -> Result<(Pending, i64), StoreError> {
     let mark: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [FLUSHED_THROUGH], |r| r.get(0)).optional()?;
-    let through: i64 = match mark {
+        tables.query_row("SELECT value FROM meta WHERE key = ?1", [FLUSHED_THROUGH], |r| r.get(0)).optional()?;
+    let mut through: i64 = match mark {
         Some(v) => v.parse().map_err(|_| StoreError::Corrupt { what: format!("meta {FLUSHED_THROUGH}"), reason: v })?,
-        None => {
-            let last = last_journal_seq(conn)?;
-            set_meta(conn, FLUSHED_THROUGH, &last.to_string())?;
-            last
-        }
+        None => 0,
     };
     let mut pending = Pending::default();
     let mut st = conn.prepare("SELECT seq, events FROM incident_journal WHERE seq > ?1 ORDER BY seq")?;
@@ -832,6 +909,7 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
     for row in rows {
         replayed += 1;
         let (seq, body) = row?;
+        through = seq;
         let seq = seq.to_string();
         let record: JournalRecord = decode("journal row", &seq, &body)?;
         for e in &record.events {
@@ -855,7 +933,7 @@ fn replay(conn: &Connection) -> Result<Pending, StoreError> {
             "replayed the journal rows written after the last flush"
         );
     }
-    Ok(pending)
+    Ok((pending, through))
 }
 
 fn reply(mut r: Request, res: Result<(), String>) {
@@ -864,12 +942,14 @@ fn reply(mut r: Request, res: Result<(), String>) {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError> {
+/// Writes `op` in `tx`; for an append, the journal row's sequence number.
+fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<Option<i64>, StoreError> {
     match op {
         WriteOp::Events(rows) => {
             // The tables follow at the next flush.
             tx.prepare_cached("INSERT INTO incident_journal (at_ms, events) VALUES (?1, ?2)")?
                 .execute(params![rows.at_ms, rows.record])?;
+            return Ok(Some(tx.last_insert_rowid()));
         }
         WriteOp::Elder(e) => {
             tx.prepare_cached(
@@ -924,7 +1004,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError>
             .execute(params![v.elder_id, v.date, v.caregiver_id, v.outcome, v.at_unix_ms, v.note])?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn decode<M: Message + Default>(what: &str, id: &str, body: &[u8]) -> Result<M, StoreError> {
@@ -949,12 +1029,8 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The last journal row's sequence number (0 for none).
-fn last_journal_seq(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM incident_journal", [], |r| r.get(0))?)
-}
-
-fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
+/// Everything in the main file, and the incidents and keys in `tables`.
+fn read_all(conn: &Connection, tables: &Connection) -> Result<Snapshot, StoreError> {
     let mut snap = Snapshot::default();
     let mut st = conn.prepare("SELECT id, body FROM elders ORDER BY id")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
@@ -984,13 +1060,13 @@ fn read_all(conn: &Connection) -> Result<Snapshot, StoreError> {
         let (id, body) = row?;
         snap.devices.push(decode("device", &id, &body)?);
     }
-    let mut st = conn.prepare("SELECT id, body FROM incidents ORDER BY id")?;
+    let mut st = tables.prepare("SELECT id, body FROM incidents ORDER BY id")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
     for row in rows {
         let (id, body) = row?;
         snap.incidents.push(stored_incident("incident", &id.to_string(), &body)?.0);
     }
-    let mut st = conn.prepare("SELECT key, incident_id FROM alarm_keys")?;
+    let mut st = tables.prepare("SELECT key, incident_id FROM alarm_keys")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (key, id) = row?;
@@ -1127,7 +1203,7 @@ mod tests {
         let b = d.raise(alarm(&k2, AlarmKind::LowBattery)).unwrap().incident;
         d.cancel(b.id, "false alarm").unwrap();
         let rows = |dir: &Path| -> i64 {
-            let conn = Connection::open(dir.join("anxin.db")).unwrap();
+            let conn = Connection::open(dir.join(TABLES_FILE)).unwrap();
             conn.query_row("SELECT (SELECT count(*) FROM incidents) + (SELECT count(*) FROM alarm_keys)", [], |r| {
                 r.get(0)
             })
@@ -1159,32 +1235,16 @@ mod tests {
         assert_eq!(snap.keys.len(), 2);
     }
 
-    /// A flush's rows are spread over the commits expected before the next
-    /// flush, never fewer than `FLUSH_CHUNK_MIN` a commit, never all at once.
+    /// The flusher writes the tables on its own after the interval, with no
+    /// further writes to prompt it, into their own file.
     #[test]
-    fn flushes_are_spread_over_the_commits_of_their_interval() {
-        let ms = Duration::from_millis;
-        // 20k rows, 1 s left, a commit every 2 ms: 500 commits of 40 rows, so the floor.
-        assert_eq!(paced_chunk(20_000, ms(1_000), ms(2)), FLUSH_CHUNK_MIN);
-        // 100k rows (a backlog) over the same 500 commits.
-        assert_eq!(paced_chunk(100_000, ms(1_000), ms(2)), 200);
-        // Slower commits: fewer of them, larger chunks.
-        assert_eq!(paced_chunk(100_000, ms(1_000), ms(10)), 1_000);
-        // Late: a quarter of what is left, never all of it at once.
-        assert_eq!(paced_chunk(100_000, Duration::ZERO, ms(2)), 25_000);
-        assert_eq!(paced_chunk(10, Duration::ZERO, ms(2)), FLUSH_CHUNK_MIN);
-    }
-
-    /// The writer flushes on its own after the interval, with no further
-    /// writes to prompt it.
-    #[test]
-    fn the_writer_flushes_after_its_interval() {
+    fn the_tables_are_flushed_after_the_interval() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_millis(20)).unwrap();
         let d = dispatcher_on(&store, DispatchConfig::default());
         let key = IdempotencyKey::parse("key", "gw-1/3").unwrap();
         let inc = d.raise(alarm(&key, AlarmKind::Smoke)).unwrap().incident;
-        let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+        let conn = Connection::open(dir.path().join(TABLES_FILE)).unwrap();
         let stored = || conn.query_row("SELECT count(*) FROM incidents WHERE id = ?1", [inc.id.0 as i64], |r| r.get(0));
         let started = Instant::now();
         while stored().unwrap_or(0) == 0 && started.elapsed() < Duration::from_secs(30) {
@@ -1195,28 +1255,86 @@ mod tests {
         writer.abandon();
     }
 
-    /// A store of schema version 1 opens (and is marked version 2); a
-    /// version this build does not know is refused.
+    /// Stores of schema versions 1 and 2 kept the incident tables in the
+    /// main file: they open with their rows moved to the tables' file, the
+    /// flush mark with them (version 1 had none: its journal rows were all in
+    /// the tables), and are marked version 3; a version this build does not
+    /// know is refused.
     #[test]
-    fn older_stores_open_and_unknown_versions_are_refused() {
+    fn older_stores_open_with_their_tables_moved_and_unknown_versions_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_s, w, _) = Store::open(dir.path()).unwrap();
+        let (store, w, _) = Store::open(dir.path()).unwrap();
+        let d = dispatcher_on(&store, DispatchConfig::default());
+        let (k1, k2) =
+            (IdempotencyKey::parse("key", "gw-2/1").unwrap(), IdempotencyKey::parse("key", "gw-2/2").unwrap());
+        let a = d.raise(alarm(&k1, AlarmKind::Fall)).unwrap().incident;
+        drop((d, store));
         w.close();
-        let set = |v: &str| {
+        // The layout of a version 1 or 2 store: the tables (and the mark, in
+        // version 2) in the main file, nothing in the tables' file. The
+        // incident's row says Cancelled and a second key is only in the old
+        // table: what is read back comes from there.
+        let old_layout = |version: &str, mark: Option<i64>| {
             let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
-            conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [v]).unwrap();
-            conn.execute("DELETE FROM meta WHERE key = ?1", [FLUSHED_THROUGH]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE incidents (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, elder_id TEXT NOT NULL,
+                     caregiver_id TEXT, updated_ms INTEGER NOT NULL, body BLOB NOT NULL);
+                 CREATE TABLE alarm_keys (key TEXT PRIMARY KEY, incident_id INTEGER NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+            let tables = Connection::open(dir.path().join(TABLES_FILE)).unwrap();
+            let body: Vec<u8> =
+                tables.query_row("SELECT body FROM incidents WHERE id = ?1", [a.id.0 as i64], |r| r.get(0)).unwrap();
+            tables.execute_batch("DELETE FROM incidents; DELETE FROM alarm_keys; DELETE FROM meta;").unwrap();
+            let mut inc = pb::Incident::decode(&body[..]).unwrap();
+            inc.state = pb::IncidentState::Cancelled as i32;
+            conn.execute(
+                "INSERT INTO incidents (id, state, elder_id, caregiver_id, updated_ms, body) VALUES (?1, ?2, 'E1', NULL, 0, ?3)",
+                params![a.id.0 as i64, inc.state, inc.encode_to_vec()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO alarm_keys (key, incident_id) VALUES (?1, ?2), (?3, ?2)",
+                params![k1.as_str(), a.id.0 as i64, k2.as_str()],
+            )
+            .unwrap();
+            conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [version]).unwrap();
+            if let Some(m) = mark {
+                set_meta(&conn, FLUSHED_THROUGH, &m.to_string()).unwrap();
+            }
         };
-        set("1");
-        let (_s, w, _) = Store::open(dir.path()).unwrap();
-        w.close();
+        let reopened = || {
+            let (_s, w, snap) = Store::open(dir.path()).unwrap();
+            w.close();
+            let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
+            let left: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('incidents', 'alarm_keys')", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(left, 0, "the old tables are gone from the main file");
+            let v: String =
+                conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+            let mut keys = snap.keys.clone();
+            keys.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+            assert_eq!(keys, [(k1.clone(), a.id), (k2.clone(), a.id)]);
+            assert_eq!(snap.incidents.len(), 1);
+            snap.incidents[0].state
+        };
+        // Version 2 with its mark past the journal row: the moved row stands.
+        old_layout("2", Some(1));
+        assert_eq!(reopened(), IncidentState::Cancelled);
+        // Version 2 with its mark before the journal row: the row is replayed over it.
+        old_layout("2", Some(0));
+        assert_eq!(reopened(), IncidentState::Escalated);
+        // Version 1 has no mark: its journal rows count as flushed.
+        old_layout("1", None);
+        assert_eq!(reopened(), IncidentState::Cancelled);
         let conn = Connection::open(dir.path().join("anxin.db")).unwrap();
-        let v: String =
-            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
-        set("3");
-        let err = Store::open(dir.path()).err().expect("version 3 refused");
-        assert!(matches!(err, StoreError::Version { ref found, .. } if found == "3"), "{err}");
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'", []).unwrap();
+        let err = Store::open(dir.path()).err().expect("version 4 refused");
+        assert!(matches!(err, StoreError::Version { ref found, .. } if found == "4"), "{err}");
     }
 
     /// A key the dispatcher has forgotten (past its window) is still found
