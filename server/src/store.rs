@@ -44,8 +44,8 @@ const MAX_BATCH: usize = 512;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_MAX: usize = 100_000;
 /// Rows waiting beyond which appends wait for the flusher (see
-/// `Writer::commit_batch`): ten flushes' worth.
-const FLUSH_HARD_MAX: usize = 10 * FLUSH_MAX;
+/// `Writer::commit_batch`), in flushes' worth of [`FLUSH_MAX`].
+const FLUSH_HARD_MAX_FACTOR: usize = 10;
 /// Rows of a flush per transaction of the tables' file. The chunks of a
 /// flush are spread over half its interval, so that the flusher takes the
 /// cores in short turns rather than in one burst a second.
@@ -462,11 +462,15 @@ impl Store {
     /// Opens (creating if needed) `dir/anxin.db` and `dir/incidents.db`,
     /// reads everything back, and starts the writer and flusher threads.
     pub fn open(dir: &Path) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
-        Store::open_flushing(dir, FLUSH_INTERVAL)
+        Store::open_flushing(dir, FLUSH_INTERVAL, FLUSH_MAX)
     }
 
     /// [`open`](Self::open) with the incident tables flushed every `interval`.
-    fn open_flushing(dir: &Path, interval: Duration) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
+    fn open_flushing(
+        dir: &Path,
+        interval: Duration,
+        backlog: usize,
+    ) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
@@ -502,7 +506,7 @@ impl Store {
         // One nudge waits at most: a backlog asks once until it is flushed.
         let (nudge, wake) = bounded::<FlushMsg>(1);
         let (tx, rx) = bounded::<Msg>(16_384);
-        let writer = Writer { conn, unflushed: unflushed.clone(), nudge: nudge.clone(), taken };
+        let writer = Writer { conn, unflushed: unflushed.clone(), nudge: nudge.clone(), taken, backlog };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(run).map_err(|e| StoreError::Open {
                 path: path.clone(),
@@ -596,6 +600,8 @@ struct Writer {
     nudge: Sender<FlushMsg>,
     /// Notified when the flusher takes the pending rows.
     taken: Arc<parking_lot::Condvar>,
+    /// Rows pending at which the flusher is asked to flush at once.
+    backlog: usize,
 }
 
 impl Writer {
@@ -656,7 +662,7 @@ impl Writer {
                 (results, through)
             }
         };
-        let backlog = {
+        let pending = {
             let mut u = self.unflushed.lock();
             for (r, res) in batch.iter_mut().zip(&results) {
                 if let (WriteOp::Events(rows), Ok(())) = (&mut r.op, res) {
@@ -666,20 +672,21 @@ impl Writer {
             u.through = u.through.max(through.unwrap_or(0));
             u.pending.len()
         };
-        if backlog >= FLUSH_MAX {
+        if pending >= self.backlog {
             let _ = self.nudge.try_send(FlushMsg::Now);
         }
         for (r, res) in batch.drain(..).zip(results) {
             reply(r, res);
         }
-        if backlog >= FLUSH_HARD_MAX {
+        let hard = self.backlog.saturating_mul(FLUSH_HARD_MAX_FACTOR);
+        if pending >= hard {
             // The flusher is far behind (a sustained overload starves it: it
             // runs at nice 10). The next batch waits for it to take its rows,
             // a second at most, rather than memory growing without bound:
             // alarms back up into intake's bounds instead.
             let until = Instant::now() + Duration::from_secs(1);
             let mut u = self.unflushed.lock();
-            while u.pending.len() >= FLUSH_HARD_MAX && !self.taken.wait_until(&mut u, until).timed_out() {}
+            while u.pending.len() >= hard && !self.taken.wait_until(&mut u, until).timed_out() {}
         }
     }
 
@@ -1195,7 +1202,7 @@ mod tests {
     fn unflushed_incidents_are_read_meanwhile_and_replayed_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let never = Duration::from_secs(3600);
-        let (store, writer, _) = Store::open_flushing(dir.path(), never).unwrap();
+        let (store, writer, _) = Store::open_flushing(dir.path(), never, FLUSH_MAX).unwrap();
         let d = dispatcher_on(&store, DispatchConfig::default());
         let (k1, k2) =
             (IdempotencyKey::parse("key", "gw-1/1").unwrap(), IdempotencyKey::parse("key", "gw-1/2").unwrap());
@@ -1216,7 +1223,7 @@ mod tests {
         writer.abandon();
         assert_eq!(rows(dir.path()), 0, "a killed process flushes nothing");
 
-        let (store, writer, snap) = Store::open_flushing(dir.path(), never).unwrap();
+        let (store, writer, snap) = Store::open_flushing(dir.path(), never, FLUSH_MAX).unwrap();
         let mut states: Vec<_> = snap.incidents.iter().map(|i| (i.id, i.state)).collect();
         states.sort_by_key(|s| s.0);
         assert_eq!(states, [(a.id, IncidentState::Escalated), (b.id, IncidentState::Cancelled)], "the last snapshots");
@@ -1230,7 +1237,7 @@ mod tests {
         d.cancel(a.id, "false alarm").unwrap();
         drop((d, store));
         writer.close();
-        let (_s, _w, snap) = Store::open_flushing(dir.path(), never).unwrap();
+        let (_s, _w, snap) = Store::open_flushing(dir.path(), never, FLUSH_MAX).unwrap();
         assert!(snap.incidents.iter().all(|i| i.state == IncidentState::Cancelled), "{:?}", snap.incidents);
         assert_eq!(snap.keys.len(), 2);
     }
@@ -1240,7 +1247,7 @@ mod tests {
     #[test]
     fn the_tables_are_flushed_after_the_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_millis(20)).unwrap();
+        let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_millis(20), FLUSH_MAX).unwrap();
         let d = dispatcher_on(&store, DispatchConfig::default());
         let key = IdempotencyKey::parse("key", "gw-1/3").unwrap();
         let inc = d.raise(alarm(&key, AlarmKind::Smoke)).unwrap().incident;
@@ -1251,6 +1258,33 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stored().unwrap(), 1, "flushed without a clean close");
+        drop((d, store));
+        writer.abandon();
+    }
+
+    /// A backlog of pending rows asks the flusher for a flush at once, long
+    /// before its interval; appends go on meanwhile.
+    #[test]
+    fn a_backlog_is_flushed_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every alarm leaves two rows (its incident and its key): a backlog from the first.
+        let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_secs(3600), 2).unwrap();
+        let d = dispatcher_on(&store, DispatchConfig::default());
+        let ids: Vec<i64> = (0..30)
+            .map(|i| {
+                let key = IdempotencyKey::parse("key", &format!("gw-3/{i}")).unwrap();
+                let mut a = alarm(&key, AlarmKind::Smoke);
+                a.elder = ElderId::parse("elder", &format!("E{i}")).unwrap();
+                d.raise(a).unwrap().incident.id.0 as i64
+            })
+            .collect();
+        let conn = Connection::open(dir.path().join(TABLES_FILE)).unwrap();
+        let stored = || -> i64 { conn.query_row("SELECT count(*) FROM incidents", [], |r| r.get(0)).unwrap_or(0) };
+        let started = Instant::now();
+        while stored() < ids.len() as i64 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stored(), ids.len() as i64, "flushed without waiting an hour");
         drop((d, store));
         writer.abandon();
     }
