@@ -975,12 +975,17 @@ impl Dispatcher {
         let deferred_reason = match severity {
             Severity::Critical => None,
             Severity::Urgent => {
-                let mut guard = lanes.urgent_room.0.lock();
-                while full() {
-                    if !run.staged.is_empty() || !run.may_wait {
-                        return Ok(Open::LaneFull(alarm));
+                // The lane's lock only for a lane that looks full: it is one
+                // lock for every urgent alarm, and the place is taken after it
+                // is let go either way.
+                if full() {
+                    let mut guard = lanes.urgent_room.0.lock();
+                    while full() {
+                        if !run.staged.is_empty() || !run.may_wait {
+                            return Ok(Open::LaneFull(alarm));
+                        }
+                        lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
                     }
-                    lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
                 }
                 None
             }

@@ -110,6 +110,13 @@ pub enum StoreError {
     Version { path: PathBuf, found: String },
 }
 
+impl StoreError {
+    /// An I/O failure while opening the store at `path` (its directory, its threads).
+    fn io(path: &Path, e: std::io::Error) -> Self {
+        StoreError::Open { path: path.to_owned(), source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)) }
+    }
+}
+
 /// One durable change.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -465,21 +472,18 @@ impl Store {
         Store::open_flushing(dir, FLUSH_INTERVAL, FLUSH_MAX)
     }
 
-    /// [`open`](Self::open) with the incident tables flushed every `interval`.
+    /// [`open`](Self::open) with the incident tables flushed every
+    /// `interval`, or at once when `backlog` rows wait.
     fn open_flushing(
         dir: &Path,
         interval: Duration,
         backlog: usize,
     ) -> Result<(Store, StoreWriter, Snapshot), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: dir.to_owned(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let path = dir.join("anxin.db");
         let conn = open_conn(&path, "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        let version: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+        let version = meta(&conn, "schema_version")?;
         // Versions 1 and 2 kept the incident tables in the main file: they
         // move (see `move_tables`). Builds that know only older versions
         // refuse a newer store instead of missing its incidents.
@@ -508,10 +512,7 @@ impl Store {
         let (tx, rx) = bounded::<Msg>(16_384);
         let writer = Writer { conn, unflushed: unflushed.clone(), nudge: nudge.clone(), taken, backlog };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(run).map_err(|e| StoreError::Open {
-                path: path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })
+            std::thread::Builder::new().name(name.into()).spawn(run).map_err(|e| StoreError::io(&path, e))
         };
         let flush_handle = spawn("anxin-flush", Box::new(move || flusher.run(wake)))?;
         let handle = spawn("anxin-store", Box::new(move || writer.run(rx)))?;
@@ -903,8 +904,7 @@ fn move_tables(conn: &Connection, to: &Path) -> Result<(), StoreError> {
 /// (all of them if the tables' file has no mark: it is new, or was lost),
 /// and the last journal row.
 fn replay(conn: &Connection, tables: &Connection) -> Result<(Pending, i64), StoreError> {
-    let mark: Option<String> =
-        tables.query_row("SELECT value FROM meta WHERE key = ?1", [FLUSHED_THROUGH], |r| r.get(0)).optional()?;
+    let mark = meta(tables, FLUSHED_THROUGH)?;
     let mut through: i64 = match mark {
         Some(v) => v.parse().map_err(|_| StoreError::Corrupt { what: format!("meta {FLUSHED_THROUGH}"), reason: v })?,
         None => 0,
@@ -1025,6 +1025,11 @@ fn stored_incident(what: &str, id: &str, body: &[u8]) -> Result<(dispatch_core::
     let inc = incident_from_pb(&p)
         .map_err(|e| StoreError::Corrupt { what: format!("{what} {id}"), reason: e.to_string() })?;
     Ok((inc, p.state))
+}
+
+/// A `meta` value, if set.
+fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
 
 /// Sets a `meta` value (in a transaction too: it derefs to a connection).
@@ -1250,16 +1255,22 @@ mod tests {
         let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_millis(20), FLUSH_MAX).unwrap();
         let d = dispatcher_on(&store, DispatchConfig::default());
         let key = IdempotencyKey::parse("key", "gw-1/3").unwrap();
-        let inc = d.raise(alarm(&key, AlarmKind::Smoke)).unwrap().incident;
-        let conn = Connection::open(dir.path().join(TABLES_FILE)).unwrap();
-        let stored = || conn.query_row("SELECT count(*) FROM incidents WHERE id = ?1", [inc.id.0 as i64], |r| r.get(0));
-        let started = Instant::now();
-        while stored().unwrap_or(0) == 0 && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(stored().unwrap(), 1, "flushed without a clean close");
+        d.raise(alarm(&key, AlarmKind::Smoke)).unwrap();
+        assert_eq!(incident_rows_once(dir.path(), 1), 1, "flushed without a clean close");
         drop((d, store));
         writer.abandon();
+    }
+
+    /// Rows in the tables' `incidents` once there are `n` (or 30 s have
+    /// passed: a flusher that never comes fails the caller's assertion).
+    fn incident_rows_once(dir: &Path, n: i64) -> i64 {
+        let conn = Connection::open(dir.join(TABLES_FILE)).unwrap();
+        let rows = || -> i64 { conn.query_row("SELECT count(*) FROM incidents", [], |r| r.get(0)).unwrap_or(0) };
+        let started = Instant::now();
+        while rows() < n && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rows()
     }
 
     /// A backlog of pending rows asks the flusher for a flush at once, long
@@ -1270,21 +1281,13 @@ mod tests {
         // Every alarm leaves two rows (its incident and its key): a backlog from the first.
         let (store, writer, _) = Store::open_flushing(dir.path(), Duration::from_secs(3600), 2).unwrap();
         let d = dispatcher_on(&store, DispatchConfig::default());
-        let ids: Vec<i64> = (0..30)
-            .map(|i| {
-                let key = IdempotencyKey::parse("key", &format!("gw-3/{i}")).unwrap();
-                let mut a = alarm(&key, AlarmKind::Smoke);
-                a.elder = ElderId::parse("elder", &format!("E{i}")).unwrap();
-                d.raise(a).unwrap().incident.id.0 as i64
-            })
-            .collect();
-        let conn = Connection::open(dir.path().join(TABLES_FILE)).unwrap();
-        let stored = || -> i64 { conn.query_row("SELECT count(*) FROM incidents", [], |r| r.get(0)).unwrap_or(0) };
-        let started = Instant::now();
-        while stored() < ids.len() as i64 && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(10));
+        for i in 0..30 {
+            let key = IdempotencyKey::parse("key", &format!("gw-3/{i}")).unwrap();
+            let mut a = alarm(&key, AlarmKind::Smoke);
+            a.elder = ElderId::parse("elder", &format!("E{i}")).unwrap();
+            d.raise(a).unwrap();
         }
-        assert_eq!(stored(), ids.len() as i64, "flushed without waiting an hour");
+        assert_eq!(incident_rows_once(dir.path(), 30), 30, "flushed without waiting an hour");
         drop((d, store));
         writer.abandon();
     }
@@ -1347,9 +1350,7 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(left, 0, "the old tables are gone from the main file");
-            let v: String =
-                conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-            assert_eq!(v, SCHEMA_VERSION);
+            assert_eq!(meta(&conn, "schema_version").unwrap().as_deref(), Some(SCHEMA_VERSION));
             let mut keys = snap.keys.clone();
             keys.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
             assert_eq!(keys, [(k1.clone(), a.id), (k2.clone(), a.id)]);
