@@ -1,0 +1,131 @@
+//! The floor of intake on this index: what one thread needs per alarm for
+//! only the work no intake can skip, on the city of
+//! `pipeline_throughput/100k_caregivers` (100,000 caregivers, 30% busy, the
+//! same alarm mix). Each alarm goes through plain single-threaded hash maps
+//! (its key inserted, its source looked up and inserted, an incident of the
+//! real size inserted) and the real index (the nearest free caregiver, two
+//! for a critical alarm, claimed), with no locks, events, timers, KPIs,
+//! lanes or journal. Claims are released every 4,000 alarms, as the bench's
+//! cancels do. Two cores can do at most twice the rate this prints, so it
+//! bounds what `pipeline_throughput` could reach with any intake over this
+//! index.
+//!
+//! Run: `cargo run --release -p benches --example intake_floor`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use dispatch_core::{Alarm, AlarmKind, ElderId, IdempotencyKey, Incident, IncidentId, Severity};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Alarms per round, and rounds (the median is printed).
+const ALARMS: usize = 400_000;
+const ROUNDS: usize = 3;
+/// Claims held before they are released.
+const BATCH: usize = 4_000;
+/// The alarm mix of `pipeline_throughput`.
+const KINDS: [AlarmKind; 6] = [
+    AlarmKind::SosButton,
+    AlarmKind::Inactivity,
+    AlarmKind::Wandering,
+    AlarmKind::AbnormalVitals,
+    AlarmKind::LowBattery,
+    AlarmKind::DeviceOffline,
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// Maps and matching: the floor.
+    All,
+    /// Matching and claims only.
+    Matching,
+    /// Maps only.
+    Maps,
+}
+
+fn main() {
+    let d = benches::city(100_000, 0.3, 1);
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut seq = 0u64;
+    // An incident as the dispatcher makes them, from a dispatcher of its own.
+    let template = {
+        let other = benches::city(10, 0.0, 9);
+        let alarm = alarms(&mut rng, &mut seq, 1).remove(0);
+        other.raise(alarm).unwrap_or_else(|e| panic!("template incident: {e}")).incident
+    };
+    for (part, name) in [(Part::All, "floor (maps + matching)"), (Part::Matching, "matching"), (Part::Maps, "maps")] {
+        let mut ns: Vec<f64> = (0..ROUNDS)
+            .map(|_| {
+                let batch = alarms(&mut rng, &mut seq, ALARMS);
+                round(&d, &template, &batch, part)
+            })
+            .collect();
+        ns.sort_by(f64::total_cmp);
+        let median = ns[ROUNDS / 2];
+        println!("{name}: {median:.0} ns per alarm on one thread ({:.0} alarms/s); rounds {ns:.0?}", 1e9 / median);
+    }
+}
+
+fn alarms(rng: &mut StdRng, seq: &mut u64, n: usize) -> Vec<Alarm> {
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            Alarm {
+                key: IdempotencyKey::parse("k", &format!("f{seq}")).unwrap_or_else(|_| unreachable!()),
+                elder: ElderId::parse("e", &format!("F{seq}")).unwrap_or_else(|_| unreachable!()),
+                device: None,
+                kind: KINDS[rng.random_range(0..KINDS.len())],
+                location: benches::random_point(rng),
+                occurred_ms: 0,
+                detail: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Nanoseconds per alarm for one pass of `alarms` through `part`.
+fn round(d: &dispatch_core::Dispatcher, template: &Incident, alarms: &[Alarm], part: Part) -> f64 {
+    let mut keys: Map<IdempotencyKey, IncidentId> = Map::default();
+    let mut sources: Map<(ElderId, AlarmKind), IncidentId> = Map::default();
+    let mut incidents: Map<IncidentId, Incident> = Map::default();
+    let mut claims = Vec::with_capacity(2 * BATCH);
+    let started = Instant::now();
+    for (n, a) in alarms.iter().enumerate() {
+        let id = IncidentId(n as u64 + 1);
+        if part != Part::Matching
+            && (keys.insert(a.key.clone(), id).is_some() || sources.contains_key(&(a.elder.clone(), a.kind)))
+        {
+            continue;
+        }
+        let mut assigned = None;
+        if part != Part::Maps {
+            let critical = a.kind.severity() == Severity::Critical;
+            for c in d.nearest_available(&a.location, 1 + usize::from(critical)) {
+                if c.slot.try_claim(id, false) {
+                    assigned.get_or_insert_with(|| c.slot.id.clone());
+                    claims.push((c.slot, id));
+                }
+            }
+        }
+        if part != Part::Matching {
+            let mut inc = template.clone();
+            (inc.id, inc.key, inc.elder, inc.kind, inc.location, inc.assigned) =
+                (id, a.key.clone(), a.elder.clone(), a.kind, a.location, assigned);
+            sources.insert((a.elder.clone(), a.kind), id);
+            incidents.insert(id, inc);
+        }
+        if n % BATCH == BATCH - 1 {
+            claims.drain(..).for_each(|(slot, id)| {
+                slot.release(id);
+            });
+        }
+    }
+    let ns = started.elapsed().as_nanos() as f64 / alarms.len() as f64;
+    claims.drain(..).for_each(|(slot, id)| {
+        slot.release(id);
+    });
+    ns
+}
