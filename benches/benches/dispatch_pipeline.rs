@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dispatch_core::{Alarm, AlarmKind, Dispatcher, ElderId, IdempotencyKey, IncidentId, Intake, JournaledRun};
+use dispatch_core::{Alarm, Dispatcher, IncidentId, Intake, JournaledRun};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -27,31 +27,9 @@ const BATCH: usize = 4_000;
 const THREADS: usize = 2;
 /// Alarms per `raise_batch` call.
 const CHUNK: usize = 256;
-/// Mix of a district: mostly urgent and routine, a share of critical (offered to two).
-const KINDS: [AlarmKind; 6] = [
-    AlarmKind::SosButton,
-    AlarmKind::Inactivity,
-    AlarmKind::Wandering,
-    AlarmKind::AbnormalVitals,
-    AlarmKind::LowBattery,
-    AlarmKind::DeviceOffline,
-];
 
 fn alarms(seq: &AtomicU64, rng: &mut StdRng, n: usize) -> Vec<Alarm> {
-    (0..n)
-        .map(|_| {
-            let k = seq.fetch_add(1, Ordering::Relaxed);
-            Alarm {
-                key: IdempotencyKey::parse("k", &format!("a{k}")).unwrap_or_else(|_| unreachable!()),
-                elder: ElderId::parse("e", &format!("E{k}")).unwrap_or_else(|_| unreachable!()),
-                device: None,
-                kind: KINDS[rng.random_range(0..KINDS.len())],
-                location: benches::random_point(rng),
-                occurred_ms: 0,
-                detail: String::new(),
-            }
-        })
-        .collect()
+    (0..n).map(|_| benches::alarm(rng, seq.fetch_add(1, Ordering::Relaxed))).collect()
 }
 
 /// `THREADS` ingest threads kept for the whole run, as the server keeps its

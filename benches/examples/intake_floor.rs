@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use dispatch_core::{Alarm, AlarmKind, ElderId, IdempotencyKey, Incident, IncidentId, Severity};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -26,16 +26,6 @@ const ALARMS: usize = 400_000;
 const ROUNDS: usize = 3;
 /// Claims held before they are released.
 const BATCH: usize = 4_000;
-/// The alarm mix of `pipeline_throughput`.
-const KINDS: [AlarmKind; 6] = [
-    AlarmKind::SosButton,
-    AlarmKind::Inactivity,
-    AlarmKind::Wandering,
-    AlarmKind::AbnormalVitals,
-    AlarmKind::LowBattery,
-    AlarmKind::DeviceOffline,
-];
-
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
     /// Maps and matching: the floor.
@@ -73,15 +63,7 @@ fn alarms(rng: &mut StdRng, seq: &mut u64, n: usize) -> Vec<Alarm> {
     (0..n)
         .map(|_| {
             *seq += 1;
-            Alarm {
-                key: IdempotencyKey::parse("k", &format!("f{seq}")).unwrap_or_else(|_| unreachable!()),
-                elder: ElderId::parse("e", &format!("F{seq}")).unwrap_or_else(|_| unreachable!()),
-                device: None,
-                kind: KINDS[rng.random_range(0..KINDS.len())],
-                location: benches::random_point(rng),
-                occurred_ms: 0,
-                detail: String::new(),
-            }
+            benches::alarm(rng, *seq)
         })
         .collect()
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use dispatch_core::{CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, GeoPoint, Journal, TravelMode};
+use dispatch_core::{
+    Alarm, AlarmKind, CaregiverId, CaregiverProfile, CaregiverStatus, Dispatcher, ElderId, GeoPoint, IdempotencyKey,
+    Journal, TravelMode,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -17,6 +20,31 @@ pub const CITY: ((f64, f64), (f64, f64)) = ((43.75, 44.02), (125.15, 125.55));
 pub fn random_point(rng: &mut StdRng) -> GeoPoint {
     let ((la0, la1), (lo0, lo1)) = CITY;
     GeoPoint::new("p", rng.random_range(la0..la1), rng.random_range(lo0..lo1)).unwrap_or_else(|_| unreachable!())
+}
+
+/// The alarm mix of a district: mostly urgent and routine, a share of
+/// critical (offered to two).
+pub const ALARM_MIX: [AlarmKind; 6] = [
+    AlarmKind::SosButton,
+    AlarmKind::Inactivity,
+    AlarmKind::Wandering,
+    AlarmKind::AbnormalVitals,
+    AlarmKind::LowBattery,
+    AlarmKind::DeviceOffline,
+];
+
+/// The `n`-th alarm of a run: its own key (`a{n}`) and elder (`E{n}`), a
+/// kind of [`ALARM_MIX`] and a point of the city, both drawn from `rng`.
+pub fn alarm(rng: &mut StdRng, n: u64) -> Alarm {
+    Alarm {
+        key: IdempotencyKey::parse("key", &format!("a{n}")).unwrap_or_else(|_| unreachable!()),
+        elder: ElderId::parse("elder", &format!("E{n}")).unwrap_or_else(|_| unreachable!()),
+        device: None,
+        kind: ALARM_MIX[rng.random_range(0..ALARM_MIX.len())],
+        location: random_point(rng),
+        occurred_ms: 0,
+        detail: String::new(),
+    }
 }
 
 /// The id of the `i`-th caregiver of [`city`].
