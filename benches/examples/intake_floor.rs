@@ -21,11 +21,12 @@ use rand::SeedableRng;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Alarms per round, and rounds (the median is printed).
+/// Alarms per round, and rounds (printed fastest first, with their median).
 const ALARMS: usize = 400_000;
 const ROUNDS: usize = 3;
 /// Claims held before they are released.
 const BATCH: usize = 4_000;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
     /// Maps and matching: the floor.
