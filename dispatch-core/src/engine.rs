@@ -307,6 +307,13 @@ impl Run {
         }
     }
 
+    /// Whether the run may wait now (for a lock another run holds, or for
+    /// room in a lane): only while it holds nothing, and only if its caller
+    /// may block.
+    fn can_wait(&self) -> bool {
+        self.may_wait && self.staged.is_empty()
+    }
+
     /// Holds `incident` until the run is durable; its place.
     fn hold(&mut self, incident: HeldIncident) -> usize {
         let place = self.incidents.len();
@@ -981,7 +988,7 @@ impl Dispatcher {
                 if full() {
                     let mut guard = lanes.urgent_room.0.lock();
                     while full() {
-                        if !run.staged.is_empty() || !run.may_wait {
+                        if !run.can_wait() {
                             return Ok(Open::LaneFull(alarm));
                         }
                         lanes.urgent_room.1.wait_for(&mut guard, std::time::Duration::from_millis(50));
@@ -1047,7 +1054,7 @@ impl Dispatcher {
     /// nothing (so a thread never waits while holding a staged lock) and may
     /// wait, or returns `None` so that the run ends first.
     fn lock_or_pause<G>(&self, run: &Run, try_lock: impl FnOnce() -> Option<G>, lock: impl FnOnce() -> G) -> Option<G> {
-        try_lock().or_else(|| (run.may_wait && run.staged.is_empty()).then(lock))
+        try_lock().or_else(|| run.can_wait().then(lock))
     }
 
     // -------------------------------------------------------------- matching

@@ -633,7 +633,6 @@ impl Writer {
             }
             self.commit_batch(&mut batch);
         }
-        self.commit_batch(&mut batch);
     }
 
     /// Commits `batch` in one transaction (if that fails, the writes one by
