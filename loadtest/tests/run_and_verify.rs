@@ -1,8 +1,8 @@
 //! The load tool against a real server (started in-process on loopback, its
 //! store in a temporary directory): a short stream run and a short unary run
 //! report every alarm acknowledged and nothing lost, write the report and the
-//! acked log, and `verify` finds every acknowledged alarm. Bad arguments are
-//! refused naming the flag.
+//! acked log, and `verify` finds every acknowledged alarm; an acked log that
+//! cannot be written fails the run. Bad arguments are refused naming the flag.
 
 use std::process::Command;
 
@@ -69,6 +69,17 @@ async fn run_then_verify_finds_every_acknowledged_alarm() {
             assert!(r["ack_latency_ms"][k].as_f64().unwrap() > 0.0, "{mode}: {r}");
         }
     }
+    // An acked log that cannot be written fails the run, naming the flag:
+    // `verify` would never check the keys it lost. A thousand keys overflow
+    // the log's buffer, so its writes fail during the run, not only at the end.
+    let args = ["run", "--target", &target, "--mode", "unary", "--rate", "1000", "--duration", "1"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["--caregivers", "5", "--elders", "20", "--acked-log", "/dev/full"].map(String::from))
+        .collect::<Vec<_>>();
+    let out = tokio::task::spawn_blocking(move || tool().args(args).output().unwrap()).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--acked-log /dev/full: ") && err.contains("keys failed"), "{err}");
     let lines = std::fs::read_to_string(&log).unwrap().lines().count();
     let verify = |target: String, log: std::path::PathBuf| {
         tokio::task::spawn_blocking(move || {
