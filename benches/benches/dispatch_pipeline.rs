@@ -12,7 +12,7 @@
 //! `100k_caregivers_durable` (the embedded store as journal: SQLite, WAL,
 //! synchronous=FULL, group commit — every alarm durable before it is answered).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,10 +27,6 @@ const BATCH: usize = 4_000;
 const THREADS: usize = 2;
 /// Alarms per `raise_batch` call.
 const CHUNK: usize = 256;
-
-fn alarms(seq: &AtomicU64, rng: &mut StdRng, n: usize) -> Vec<Alarm> {
-    (0..n).map(|_| benches::alarm(rng, seq.fetch_add(1, Ordering::Relaxed))).collect()
-}
 
 /// `THREADS` ingest threads kept for the whole run, as the server keeps its
 /// stagers (they used to be spawned per measured batch).
@@ -135,7 +131,7 @@ fn run(c: &mut Criterion, id: &str, d: Arc<Dispatcher>, moving: bool) {
     let mut group = c.benchmark_group("pipeline_throughput");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
-    let seq = AtomicU64::new(0);
+    let mut next = 0u64;
     let mut rng = StdRng::seed_from_u64(4);
     let stop = Arc::new(AtomicBool::new(false));
     let mover = moving.then(|| {
@@ -159,7 +155,8 @@ fn run(c: &mut Criterion, id: &str, d: Arc<Dispatcher>, moving: bool) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let batch = alarms(&seq, &mut rng, BATCH);
+                let batch = benches::alarms(&mut rng, next, BATCH);
+                next += BATCH as u64;
                 let (t, ids) = ingest.raise_all(batch);
                 total += t;
                 cancel_all(&d, ids);

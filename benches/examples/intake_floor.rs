@@ -13,9 +13,10 @@
 //! Run: `cargo run --release -p benches --example intake_floor`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use dispatch_core::{Alarm, AlarmKind, ElderId, IdempotencyKey, Incident, IncidentId, Severity};
+use dispatch_core::{Alarm, AlarmKind, CaregiverSlot, ElderId, IdempotencyKey, Incident, IncidentId, Severity};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -40,17 +41,17 @@ enum Part {
 fn main() {
     let d = benches::city(100_000, 0.3, 1);
     let mut rng = StdRng::seed_from_u64(4);
-    let mut seq = 0u64;
     // An incident as the dispatcher makes them, from a dispatcher of its own.
     let template = {
         let other = benches::city(10, 0.0, 9);
-        let alarm = alarms(&mut rng, &mut seq, 1).remove(0);
-        other.raise(alarm).unwrap_or_else(|e| panic!("template incident: {e}")).incident
+        other.raise(benches::alarm(&mut rng, 1)).unwrap_or_else(|e| panic!("template incident: {e}")).incident
     };
+    let mut next = 2u64;
     for (part, name) in [(Part::All, "floor (maps + matching)"), (Part::Matching, "matching"), (Part::Maps, "maps")] {
         let mut ns: Vec<f64> = (0..ROUNDS)
             .map(|_| {
-                let batch = alarms(&mut rng, &mut seq, ALARMS);
+                let batch = benches::alarms(&mut rng, next, ALARMS);
+                next += ALARMS as u64;
                 round(&d, &template, &batch, part)
             })
             .collect();
@@ -58,15 +59,6 @@ fn main() {
         let median = ns[ROUNDS / 2];
         println!("{name}: {median:.0} ns per alarm on one thread ({:.0} alarms/s); rounds {ns:.0?}", 1e9 / median);
     }
-}
-
-fn alarms(rng: &mut StdRng, seq: &mut u64, n: usize) -> Vec<Alarm> {
-    (0..n)
-        .map(|_| {
-            *seq += 1;
-            benches::alarm(rng, *seq)
-        })
-        .collect()
 }
 
 /// Nanoseconds per alarm for one pass of `alarms` through `part`.
@@ -101,14 +93,17 @@ fn round(d: &dispatch_core::Dispatcher, template: &Incident, alarms: &[Alarm], p
             incidents.insert(id, inc);
         }
         if n % BATCH == BATCH - 1 {
-            claims.drain(..).for_each(|(slot, id)| {
-                slot.release(id);
-            });
+            release(&mut claims);
         }
     }
     let ns = started.elapsed().as_nanos() as f64 / alarms.len() as f64;
-    claims.drain(..).for_each(|(slot, id)| {
-        slot.release(id);
-    });
+    release(&mut claims);
     ns
+}
+
+/// Releases every claim in `claims`.
+fn release(claims: &mut Vec<(Arc<CaregiverSlot>, IncidentId)>) {
+    for (slot, id) in claims.drain(..) {
+        slot.release(id);
+    }
 }

@@ -33,6 +33,11 @@ pub const ALARM_MIX: [AlarmKind; 6] = [
     AlarmKind::DeviceOffline,
 ];
 
+/// Alarms `first`, `first + 1`, ... of a run, `n` of them (see [`alarm`]).
+pub fn alarms(rng: &mut StdRng, first: u64, n: usize) -> Vec<Alarm> {
+    (first..first + n as u64).map(|k| alarm(rng, k)).collect()
+}
+
 /// The `n`-th alarm of a run: its own key (`a{n}`) and elder (`E{n}`), a
 /// kind of [`ALARM_MIX`] and a point of the city, both drawn from `rng`.
 pub fn alarm(rng: &mut StdRng, n: u64) -> Alarm {

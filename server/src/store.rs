@@ -795,7 +795,7 @@ impl Flusher {
         let mut ids: Vec<i64> = taken.incidents.keys().copied().collect();
         ids.sort_unstable();
         let mut keys: Vec<IdempotencyKey> = taken.keys.keys().cloned().collect();
-        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        keys.sort_unstable();
         Some(Flush { taken, ids, keys, done: 0, through })
     }
 }
