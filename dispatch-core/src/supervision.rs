@@ -22,6 +22,9 @@ struct Watch {
     interval_ms: i64,
     last_heard_ms: i64,
     offline: bool,
+    /// Offline, but its report's alarm could not be raised: report it again
+    /// when its wheel entry fires.
+    report_again: bool,
     /// Deadline of the device's live wheel entry; other entries are stale.
     armed_ms: i64,
 }
@@ -74,8 +77,8 @@ impl Supervisor {
             self.devices.remove(&device);
             return;
         }
-        let offline = self.devices.get(&device).is_some_and(|w| w.offline);
-        let mut w = Watch { elder, interval_ms, last_heard_ms, offline, armed_ms: 0 };
+        let (offline, report_again) = self.devices.get(&device).map_or((false, false), |w| (w.offline, w.report_again));
+        let mut w = Watch { elder, interval_ms, last_heard_ms, offline, report_again, armed_ms: 0 };
         w.armed_ms = self.deadline(&w);
         let armed = w.armed_ms;
         self.devices.insert(device.clone(), w);
@@ -96,6 +99,7 @@ impl Supervisor {
             return Heard::Online;
         }
         w.offline = false;
+        w.report_again = false;
         w.armed_ms = self.deadline(&w);
         let armed = w.armed_ms;
         drop(w);
@@ -110,7 +114,7 @@ impl Supervisor {
         let mut out = Vec::new();
         for (fired_at, device) in due {
             let Some(mut w) = self.devices.get_mut(&device) else { continue };
-            if w.offline || w.armed_ms != fired_at {
+            if (w.offline && !w.report_again) || w.armed_ms != fired_at {
                 continue; // stale entry: re-registered or already reported
             }
             let deadline = self.deadline(&w);
@@ -121,6 +125,7 @@ impl Supervisor {
                 continue;
             }
             w.offline = true;
+            w.report_again = false;
             out.push(Offline {
                 device: device.clone(),
                 elder: w.elder.clone(),
@@ -133,6 +138,21 @@ impl Supervisor {
     }
 
     /// Devices supervised / currently offline.
+    /// The alarm for an [`Offline`] report could not be raised (the journal
+    /// failed): unless the device was heard from since, it is reported again
+    /// by the first [`expire`](Self::expire) at or after `retry_at_ms`, with
+    /// the same silence (so the same alarm key).
+    pub fn report_failed(&self, report: &Offline, retry_at_ms: i64) {
+        let Some(mut w) = self.devices.get_mut(&report.device) else { return };
+        if !w.offline || w.last_heard_ms != report.last_heard_ms {
+            return; // heard again, or re-registered: nothing to report
+        }
+        w.report_again = true;
+        w.armed_ms = retry_at_ms;
+        drop(w);
+        self.wheel.schedule(retry_at_ms, report.device.clone());
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         let offline = self.devices.iter().filter(|w| w.offline).count();
         (self.devices.len(), offline)
@@ -166,6 +186,26 @@ mod tests {
         assert_eq!(s.heard(&dev("quiet"), 1), Heard::NotWatched);
         assert_eq!(s.expire(10_179_999), vec![]);
         assert_eq!(s.expire(10_180_000).len(), 1, "silent again: reported again");
+    }
+
+    #[test]
+    fn a_report_whose_alarm_failed_is_made_again_until_heard() {
+        let s = Supervisor::new(3, 0);
+        let elder = ElderId::parse("elder", "E1").unwrap();
+        s.watch(dev("d1"), elder.clone(), 1_000, 0);
+        s.watch(dev("d2"), elder, 1_000, 0);
+        let off = s.expire(3_000);
+        assert_eq!(off.len(), 2);
+        s.report_failed(&off[0], 8_000);
+        assert!(s.expire(7_999).is_empty(), "not before the retry");
+        assert_eq!(s.expire(8_000), vec![Offline { silent_ms: 8_000, ..off[0].clone() }], "the same silence again");
+        assert!(s.expire(100_000).is_empty(), "reported once more, then quiet");
+        // Heard between the failure and the retry: nothing to report.
+        let again = Offline { silent_ms: 8_000, ..off[1].clone() };
+        s.report_failed(&again, 9_000);
+        assert_eq!(s.heard(&dev("d2"), 8_500), Heard::BackOnline);
+        assert!(s.expire(9_000).is_empty());
+        assert_eq!(s.counts(), (2, 1));
     }
 
     proptest! {

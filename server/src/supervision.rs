@@ -15,6 +15,7 @@ use dispatch_core::{DeviceId, ElderId, Heard, Offline};
 use proto::v1 as pb;
 
 use crate::app::AppState;
+use crate::error::ApiError;
 use crate::store::WriteOp;
 
 /// Starts (or stops, for an interval of 0) supervising a registry device.
@@ -54,6 +55,9 @@ fn offline_alarm(o: &Offline) -> pb::RaiseAlarmRequest {
     }
 }
 
+/// A device-offline alarm that could not be raised is tried again after this long.
+const RETRY_MS: i64 = 5_000;
+
 /// Raises an alarm for every device that fell silent by now.
 pub async fn check(state: &Arc<AppState>) -> usize {
     let offline = state.supervisor.expire(crate::api::now_ms());
@@ -67,9 +71,20 @@ pub async fn check(state: &Arc<AppState>) -> usize {
     // One batch, as a gateway's stream: a power cut silences thousands of
     // devices at once, and their alarms share journal appends.
     let reqs: Vec<pb::RaiseAlarmRequest> = offline.iter().map(offline_alarm).collect();
+    let now = crate::api::now_ms();
     for (o, out) in offline.iter().zip(crate::api::alarm::raise_many(state.clone(), &reqs).await) {
-        if let Err(e) = out {
-            tracing::error!(device = %o.device, error = %e, "cannot raise the device-offline alarm");
+        match out {
+            Ok(_) => {}
+            // The elder or device is gone, or the key's alarm differs: raising again cannot help.
+            Err(e @ (ApiError::InvalidArgument { .. } | ApiError::NotFound { .. } | ApiError::AlreadyExists(_))) => {
+                tracing::error!(device = %o.device, error = %e, "cannot raise the device-offline alarm");
+            }
+            Err(e) => {
+                // Not taken in (the journal failed, the server is stopping):
+                // the silence is reported again, with the same key, shortly.
+                tracing::error!(device = %o.device, error = %e, "device-offline alarm not raised; retrying");
+                state.supervisor.report_failed(o, now + RETRY_MS);
+            }
         }
     }
     if n > 0 {
