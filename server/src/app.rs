@@ -134,8 +134,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Run
         if let Some(p) = pos.and_then(|(lat, lon)| core::GeoPoint::new("position", lat, lon).ok()) {
             dispatcher.update_location(&id, p, seen)?;
         }
+        // A caregiver stored as busy was on duty: its claim comes back with
+        // its open incident (`restore` below), and if that incident has
+        // closed since, it is available, as a caregiver released from one is.
         let status = pb::CaregiverStatus::try_from(status).ok().and_then(core_status);
-        if let Some(s) = status.filter(|s| *s != core::CaregiverStatus::Busy) {
+        if let Some(s) = status.map(duty_status) {
             dispatcher.set_status(&id, s, None)?;
         }
         registry.caregivers.insert(c.id.clone(), c);
@@ -253,6 +256,15 @@ pub async fn bind_and_start(config: &Config) -> anyhow::Result<RunningServer> {
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("listen: cannot bind {}", config.listen))?;
     start(config, listener).await
+}
+
+/// The duty status to store for a caregiver in `status`: busy is a claim,
+/// not a duty status, and a caregiver released from its claim is available.
+pub(crate) fn duty_status(status: core::CaregiverStatus) -> core::CaregiverStatus {
+    match status {
+        core::CaregiverStatus::Busy => core::CaregiverStatus::Available,
+        s => s,
+    }
 }
 
 /// Writes the telecare KPIs to the log every `period` (one INFO line with

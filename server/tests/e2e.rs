@@ -464,6 +464,12 @@ async fn restart_keeps_the_registry_and_open_incidents() {
         .incident
         .unwrap();
     assert_eq!(closed.assigned_caregiver_id, "far");
+    // A position fix while busy is stored with the caregiver's state; the
+    // claim it was busy with ends before the restart.
+    let fix =
+        pb::LocationUpdate { caregiver_id: "far".into(), location: point(43.8910, 125.4210), ..Default::default() };
+    let s = c.caregivers.update_location(tokio_stream::iter([fix])).await.unwrap().into_inner();
+    assert_eq!(s.accepted, 1);
     c.dispatch
         .cancel_incident(pb::CancelIncidentRequest { incident_id: closed.id.clone(), reason: "battery swapped".into() })
         .await

@@ -55,7 +55,7 @@ fn apply_fix(state: &AppState, u: &pb::LocationUpdate, now: i64) -> ApiResult<()
         if let Some(v) = state.dispatcher.caregiver(&id) {
             state.store.write_later(WriteOp::CaregiverState {
                 id: u.caregiver_id.clone(),
-                status: pb_status(v.status) as i32,
+                status: pb_status(crate::app::duty_status(v.status)) as i32,
                 lat: p.lat(),
                 lon: p.lon(),
                 seen_ms: at,
