@@ -109,9 +109,14 @@ struct RunArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Append the idempotency key of every acknowledged alarm, one per line.
+    /// Append the idempotency key of every acknowledged alarm, one per line (written within
+    /// `LOG_FLUSH` of its acknowledgement).
     #[arg(long)]
     acked_log: Option<PathBuf>,
+    /// Seconds a gateway keeps trying an alarm the server did not answer (a failed call, or a
+    /// stream that broke) before counting it lost: it sends it again with the same key.
+    #[arg(long, default_value_t = 60.0)]
+    retry_for: f64,
 }
 
 #[tokio::main]
@@ -142,14 +147,19 @@ async fn connect(target: &str) -> anyhow::Result<Channel> {
 struct Stats {
     sent: AtomicU64,
     acked: AtomicU64,
+    /// Refused by the server (a bad request, or a routine alarm shed under overload).
     rejected: AtomicU64,
+    /// Answered with an error that is not a refusal (the server failed to take the alarm in):
+    /// these count as lost.
+    failed: AtomicU64,
     assigned: AtomicU64,
     escalated: AtomicU64,
-    /// Alarms sent again (same key) on a new stream after the old one broke.
+    /// Alarms sent again (same key): after a failed unary call, or on a new
+    /// stream after the old one broke.
     resent: AtomicU64,
     ack_us: Mutex<Histogram<u64>>,
     assign_us: Mutex<Histogram<u64>>,
-    acked_log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    acked_log: Option<Mutex<AckedLog>>,
     /// Acknowledged keys whose write to the acked log failed (`verify` would
     /// never check them, so the run fails).
     unlogged: AtomicU64,
@@ -170,16 +180,65 @@ impl Stats {
                     self.escalated.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(log) = &self.acked_log {
-                    if writeln!(log.lock(), "{key}").is_err() {
-                        self.unlogged.fetch_add(1, Ordering::Relaxed);
+                    let mut log = log.lock();
+                    if writeln!(log.out, "{key}").is_ok() {
+                        log.buffered += 1;
+                    } else {
+                        let lost = std::mem::take(&mut log.buffered) + 1;
+                        self.unlogged.fetch_add(lost, Ordering::Relaxed);
                     }
                 }
             }
-            _ => {
+            Some(pb::alarm_ack::Result::Error(e)) if is_refusal(tonic::Code::from_i32(e.code)) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+
+    /// Writes out the acked log's buffer. Keys in a buffer that failed to
+    /// be written count as unlogged.
+    fn flush_log(&self) -> std::io::Result<()> {
+        let Some(log) = &self.acked_log else { return Ok(()) };
+        let mut log = log.lock();
+        let r = log.out.flush();
+        let buffered = std::mem::take(&mut log.buffered);
+        if r.is_err() {
+            self.unlogged.fetch_add(buffered, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// The acked log: keys buffered, written out every `LOG_FLUSH` and at the end.
+struct AckedLog {
+    out: std::io::BufWriter<std::fs::File>,
+    /// Keys written to the buffer since it was last written out.
+    buffered: u64,
+}
+
+/// How often the acked log's buffer is written out during a run.
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+
+/// A status by which the server refused an alarm (it will refuse it again):
+/// counted as rejected. Any other failure is the server failing to take it
+/// in: a gateway sends it again, and if it never gets in it is lost.
+fn is_refusal(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        InvalidArgument
+            | NotFound
+            | AlreadyExists
+            | PermissionDenied
+            | FailedPrecondition
+            | OutOfRange
+            | ResourceExhausted
+            | Unauthenticated
+            | Unimplemented
+    )
 }
 
 fn hist() -> anyhow::Result<Histogram<u64>> {
@@ -374,6 +433,9 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.elders == 0 || a.caregivers == 0 || a.concurrency == 0 || a.window == 0 {
         bail!("--elders, --caregivers, --concurrency and --window must be at least 1");
     }
+    if !(0.0..=3600.0).contains(&a.retry_for) {
+        bail!("--retry-for: {} is not in [0, 3600] seconds", a.retry_for);
+    }
     if !(0.0..=600.0).contains(&a.pace_s) {
         bail!("--pace-s: {} is not in [0, 600] seconds", a.pace_s);
     }
@@ -386,19 +448,23 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let (elders, cgs) = seed(&channel, &a, &run_id).await?;
     let elders = Arc::new(elders);
     let acked_log = match &a.acked_log {
-        Some(p) => Some(Mutex::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("--acked-log {}", p.display()))?,
-        ))),
+        Some(p) => Some(Mutex::new(AckedLog {
+            out: std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("--acked-log {}", p.display()))?,
+            ),
+            buffered: 0,
+        })),
         None => None,
     };
     let stats = Arc::new(Stats {
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
         assigned: AtomicU64::new(0),
         escalated: AtomicU64::new(0),
         resent: AtomicU64::new(0),
@@ -436,15 +502,27 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
                 let acked = stats.acked.load(Ordering::Relaxed);
                 let p99 = stats.ack_us.lock().value_at_quantile(0.99) as f64 / 1000.0;
                 eprintln!(
-                    "t={:>5.1}s sent {} acked {} ({}/s) rejected {} p99 ack {:.2} ms",
+                    "t={:>5.1}s sent {} acked {} ({}/s) rejected {} failed {} p99 ack {:.2} ms",
                     start.elapsed().as_secs_f64(),
                     stats.sent.load(Ordering::Relaxed),
                     acked,
                     acked - last,
                     stats.rejected.load(Ordering::Relaxed),
+                    stats.failed.load(Ordering::Relaxed),
                     p99
                 );
                 last = acked;
+            }
+        })
+    };
+    // Keys reach the acked log within LOG_FLUSH of their acknowledgement, so
+    // a run cut short (the tool killed) leaves nearly all of them behind.
+    let log_flusher = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_FLUSH).await;
+                let _ = stats.flush_log(); // counted as unlogged; the run fails below
             }
         })
     };
@@ -452,13 +530,15 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         t.await.context("sender task")??;
     }
     progress.abort();
+    log_flusher.abort();
     let elapsed = start.elapsed().as_secs_f64();
-    if let (Some(log), Some(path)) = (&stats.acked_log, &a.acked_log) {
+    if let Some(path) = &a.acked_log {
+        let flushed = stats.flush_log();
         let unlogged = stats.unlogged.load(Ordering::Relaxed);
         if unlogged > 0 {
             bail!("--acked-log {}: {unlogged} acknowledged keys failed to be written", path.display());
         }
-        log.lock().flush().with_context(|| format!("--acked-log {}: writing", path.display()))?;
+        flushed.with_context(|| format!("--acked-log {}: writing", path.display()))?;
     }
     let sent = stats.sent.load(Ordering::Relaxed);
     let acked = stats.acked.load(Ordering::Relaxed);
@@ -469,6 +549,7 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         "sent": sent,
         "acked": acked,
         "rejected": rejected,
+        "failed": stats.failed.load(Ordering::Relaxed),
         "resent": stats.resent.load(Ordering::Relaxed),
         "assigned": stats.assigned.load(Ordering::Relaxed),
         "escalated": stats.escalated.load(Ordering::Relaxed),
@@ -491,9 +572,6 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
 type Pending = (String, Instant, tokio::sync::OwnedSemaphorePermit, pb::RaiseAlarmRequest);
 type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
 
-/// How long a gateway keeps trying to reopen its stream after it broke.
-const RECONNECT_FOR: Duration = Duration::from_secs(60);
-
 /// One open StreamAlarms call: the request side and the task reading acks
 /// (it ends when the stream closes, breaks or falls silent for `ACK_SILENCE`).
 struct Link {
@@ -501,7 +579,7 @@ struct Link {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Opens a stream, retrying for `RECONNECT_FOR` (the server may be
+/// Opens a stream, retrying for `retry_for` (the server may be
 /// restarting), and sends every alarm still pending on it again with its key:
 /// the server answers a retry of a stored alarm as a duplicate of it, and
 /// takes in one it never stored. A real gateway does the same.
@@ -509,8 +587,9 @@ async fn open_link(
     client: &mut pb::alarm_service_client::AlarmServiceClient<Channel>,
     pending: &PendingMap,
     stats: &Arc<Stats>,
+    retry_for: Duration,
 ) -> anyhow::Result<Link> {
-    let give_up = Instant::now() + RECONNECT_FOR;
+    let give_up = Instant::now() + retry_for;
     loop {
         let (tx, rx) = mpsc::channel::<pb::RaiseAlarmRequest>(4096);
         match client.stream_alarms(ReceiverStream::new(rx)).await {
@@ -538,7 +617,7 @@ async fn open_link(
             }
             // Expected while the server restarts: try again shortly.
             Err(_) if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(status) => bail!("StreamAlarms: {status} (gave up after {} s)", RECONNECT_FOR.as_secs()),
+            Err(status) => bail!("StreamAlarms: {status} (gave up after {} s)", retry_for.as_secs_f64()),
         }
     }
 }
@@ -558,12 +637,14 @@ async fn sender(
     start: Instant,
     total: Duration,
 ) -> anyhow::Result<()> {
+    let retry_for = Duration::from_secs_f64(a.retry_for);
     let mut rng = StdRng::seed_from_u64(a.seed.wrapping_add(1000 + s as u64));
     let mut n = 0u64;
     let mut client = pb::alarm_service_client::AlarmServiceClient::new(channel);
     let pending: PendingMap = Arc::default();
     let window = Arc::new(tokio::sync::Semaphore::new(a.window));
-    let mut link = if a.mode == Mode::Stream { Some(open_link(&mut client, &pending, &stats).await?) } else { None };
+    let mut link =
+        if a.mode == Mode::Stream { Some(open_link(&mut client, &pending, &stats, retry_for).await?) } else { None };
     let in_flight = (a.concurrency / senders).max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut due = start;
@@ -587,7 +668,7 @@ async fn sender(
                 pending.lock().insert(n, (key, now, slot, req.clone()));
                 if l.tx.send(req).await.is_err() {
                     // The stream broke (the server died?): reopen it; this alarm is resent with the rest.
-                    *l = open_link(&mut client, &pending, &stats).await?;
+                    *l = open_link(&mut client, &pending, &stats, retry_for).await?;
                 }
             }
             None => {
@@ -597,11 +678,7 @@ async fn sender(
                 // (0.9-1 GB after 15 s at 18k calls/s), and faulting in fresh
                 // pages for every call cost 8% more CPU per call.
                 tokio::spawn(async move {
-                    let r = c.raise_alarm(req).await;
-                    let result = match r {
-                        Ok(resp) => Some(pb::alarm_ack::Result::Accepted(resp.into_inner())),
-                        Err(_) => None,
-                    };
+                    let result = raise_until_answered(&mut c, req, &stats, retry_for).await;
                     stats.ack(&key, now, result);
                     drop(permit);
                 });
@@ -613,16 +690,48 @@ async fn sender(
     // Drain: close the request side and wait for the acks; a stream that ended
     // with alarms still pending (it broke, or the server was restarting) is
     // reopened and they are sent again.
-    let give_up = Instant::now() + RECONNECT_FOR;
+    let give_up = Instant::now() + retry_for;
     while let Some(Link { tx, reader }) = link.take() {
         drop(tx);
         let _ = reader.await;
         if pending.lock().is_empty() || Instant::now() > give_up {
             break;
         }
-        link = Some(open_link(&mut client, &pending, &stats).await?);
+        link = Some(open_link(&mut client, &pending, &stats, retry_for).await?);
     }
     Ok(())
+}
+
+/// A unary call waits this long for its answer before it is tried again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Raises `req` by unary calls until the server answers it (accepted or
+/// refused), sending it again with the same key after any other failure (the
+/// server restarting, a broken connection, an internal error) for up to
+/// `retry_for`, as a real gateway does. `None` if it never got an answer.
+async fn raise_until_answered(
+    client: &mut pb::alarm_service_client::AlarmServiceClient<Channel>,
+    req: pb::RaiseAlarmRequest,
+    stats: &Stats,
+    retry_for: Duration,
+) -> Option<pb::alarm_ack::Result> {
+    let give_up = Instant::now() + retry_for;
+    loop {
+        let status = match tokio::time::timeout(CALL_TIMEOUT, client.raise_alarm(req.clone())).await {
+            Ok(Ok(resp)) => return Some(pb::alarm_ack::Result::Accepted(resp.into_inner())),
+            Ok(Err(status)) => status,
+            Err(_) => tonic::Status::deadline_exceeded("no answer"),
+        };
+        if is_refusal(status.code()) {
+            let error = pb::AckError { code: status.code() as i32, message: status.message().to_owned() };
+            return Some(pb::alarm_ack::Result::Error(error));
+        }
+        if Instant::now() >= give_up {
+            return None;
+        }
+        stats.resent.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn verify(target: &str, log: &PathBuf, concurrency: usize) -> anyhow::Result<std::process::ExitCode> {

@@ -2,7 +2,10 @@
 //! store in a temporary directory): a short stream run and a short unary run
 //! report every alarm acknowledged and nothing lost, write the report and the
 //! acked log, and `verify` finds every acknowledged alarm; an acked log that
-//! cannot be written fails the run. Bad arguments are refused naming the flag.
+//! cannot be written fails the run. Across a SIGKILL of the server (run in a
+//! process of its own) nothing acknowledged is lost; with the server gone for
+//! good, the run counts what was never answered as lost and fails. Bad
+//! arguments are refused naming the flag.
 
 use std::process::Command;
 
@@ -98,6 +101,106 @@ async fn run_then_verify_finds_every_acknowledged_alarm() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["missing"], 1);
     server.shutdown().await.unwrap();
+}
+
+/// The server process `killed_mid_run` kills: when the test binary is run
+/// again with `LT_CHILD_DATA` and `LT_CHILD_LISTEN` set, this serves on that
+/// address from that directory until killed. Run plainly, it has nothing to do.
+#[test]
+fn child_server() {
+    let (Ok(data), Ok(listen)) = (std::env::var("LT_CHILD_DATA"), std::env::var("LT_CHILD_LISTEN")) else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let raw = RawConfig { data_dir: Some(data.into()), listen: Some(listen), ..Default::default() };
+        let config = Config::from_raw(&raw).unwrap();
+        let _server = server::app::bind_and_start(&config).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Starts `child_server` in a process of its own and waits until it accepts connections.
+fn spawn_server(data: &std::path::Path, addr: std::net::SocketAddr) -> std::process::Child {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_server", "--nocapture", "--test-threads", "1"])
+        .env("LT_CHILD_DATA", data)
+        .env("LT_CHILD_LISTEN", addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(up.elapsed() < std::time::Duration::from_secs(30), "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Waits until the acked log holds at least `n` keys (the tool writes them
+/// within 100 ms of their acknowledgement).
+fn wait_for_acks(log: &std::path::Path, n: usize) -> usize {
+    let t = std::time::Instant::now();
+    loop {
+        let have = lines(log);
+        if have >= n {
+            return have;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "only {have} acks");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL of the server while the tool streams (and then calls) alarms in:
+/// the tool sends what was not answered again to the restarted server, loses
+/// nothing, and `verify` finds every acknowledged alarm on it. With the server
+/// killed and not restarted, the alarms never answered are counted as lost
+/// and the run fails.
+#[test]
+fn killed_mid_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let target = format!("http://{addr}");
+    let run = |mode: &str, log: &std::path::Path, json: &std::path::Path, retry_for: &str| {
+        let args = ["run", "--target", &target, "--mode", mode, "--rate", "400", "--duration", "5"]
+            .into_iter()
+            .chain(["--caregivers", "20", "--elders", "100", "--pace-s", "0.2", "--retry-for", retry_for]);
+        tool().args(args).arg("--acked-log").arg(log).arg("--json").arg(json).spawn().unwrap()
+    };
+    let mut server = spawn_server(&data, addr);
+    for mode in ["stream", "unary"] {
+        let (log, json) = (dir.path().join(format!("{mode}.log")), dir.path().join(format!("{mode}.json")));
+        let mut lt = run(mode, &log, &json, "30");
+        let before = wait_for_acks(&log, 200);
+        server.kill().unwrap(); // SIGKILL
+        server.wait().unwrap();
+        server = spawn_server(&data, addr);
+        let status = lt.wait().unwrap();
+        let r = report(&json);
+        assert!(status.success(), "{mode}: {r}");
+        assert!(r["sent"].as_u64().unwrap() > before as u64 + 100, "{mode}: the kill was mid-run: {r}");
+        assert_eq!((r["acked"].clone(), r["lost"].clone()), (r["sent"].clone(), 0.into()), "{mode}: {r}");
+        assert_eq!(lines(&log) as u64, r["acked"].as_u64().unwrap(), "{mode}: every ack logged");
+        let out = tool().args(["verify", "--target", &target, "--acked-log"]).arg(&log).output().unwrap();
+        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["checked"].clone(), v["missing"].clone()), (r["acked"].clone(), 0.into()), "{mode}");
+    }
+    // Killed for good: what was never answered is lost, and the run says so.
+    let (log, json) = (dir.path().join("gone.log"), dir.path().join("gone.json"));
+    let mut lt = run("unary", &log, &json, "1");
+    wait_for_acks(&log, 200);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let status = lt.wait().unwrap();
+    let r = report(&json);
+    assert!(!status.success(), "{r}");
+    assert!(r["lost"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["lost"].as_u64(), Some(r["sent"].as_u64().unwrap() - r["acked"].as_u64().unwrap()), "{r}");
 }
 
 #[test]
