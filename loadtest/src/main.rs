@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+mod storm;
+
 #[derive(Debug, Parser)]
 #[command(name = "anxin-loadtest", version, about)]
 struct Cli {
@@ -57,7 +59,9 @@ enum Scenario {
     Steady,
     /// A 20x spike in the middle fifth of the run.
     Burst,
-    /// Thousands of devices going offline at once plus critical alarms, in the middle fifth.
+    /// Every elder's device sends heartbeats; at the start of the middle fifth 90% of them fall
+    /// silent at once (a power cut) and critical alarms spike 20x. The server's supervision must raise
+    /// a DEVICE_OFFLINE alarm for every silent device; the run checks each one.
     Storm,
 }
 
@@ -397,11 +401,7 @@ async fn mover(channel: Channel, id: String, home: pb::GeoPoint, seed: u64, ever
 fn alarm_for(rng: &mut StdRng, elders: &[String], key: String, storm: bool) -> pb::RaiseAlarmRequest {
     use pb::AlarmKind as K;
     let kind = if storm {
-        if rng.random_bool(0.9) {
-            K::DeviceOffline
-        } else {
-            K::SosButton
-        }
+        [K::SosButton, K::Fall, K::Smoke, K::Gas][rng.random_range(0..4)]
     } else {
         [
             K::SosButton,
@@ -446,6 +446,10 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let run_id = format!("lt{}-{}", a.seed, std::process::id());
     eprintln!("seeding {} elders and {} caregivers ...", a.elders, a.caregivers);
     let (elders, cgs) = seed(&channel, &a, &run_id).await?;
+    let mut storm = match a.scenario {
+        Scenario::Storm => Some(storm::Storm::register(&channel, &run_id, &elders).await?),
+        _ => None,
+    };
     let elders = Arc::new(elders);
     let acked_log = match &a.acked_log {
         Some(p) => Some(Mutex::new(AckedLog {
@@ -475,6 +479,10 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     });
     let total = Duration::from_secs_f64(a.duration);
     let start = Instant::now();
+    if let Some(storm) = &mut storm {
+        // The power cut: at the start of the middle fifth, as the spike.
+        storm.begin(&channel, start + total.mul_f64(0.4), start + total);
+    }
     let apps_deadline = start + total + Duration::from_secs(30);
     for (i, (id, home)) in cgs.into_iter().enumerate() {
         let seed = a.seed ^ i as u64;
@@ -529,9 +537,16 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     for t in tasks {
         t.await.context("sender task")??;
     }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (silenced, offline_raised) = match storm {
+        Some(storm) => {
+            eprintln!("storm: checking the silent devices' DEVICE_OFFLINE alarms ...");
+            storm.check(&channel, a.concurrency).await?
+        }
+        None => (0, 0),
+    };
     progress.abort();
     log_flusher.abort();
-    let elapsed = start.elapsed().as_secs_f64();
     if let Some(path) = &a.acked_log {
         let flushed = stats.flush_log();
         let unlogged = stats.unlogged.load(Ordering::Relaxed);
@@ -554,6 +569,8 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         "assigned": stats.assigned.load(Ordering::Relaxed),
         "escalated": stats.escalated.load(Ordering::Relaxed),
         "lost": sent - acked - rejected,
+        "devices_silenced": silenced,
+        "offline_raised": offline_raised,
         "duration_s": elapsed,
         "ack_throughput_per_s": acked as f64 / elapsed,
         "ack_latency_ms": summary(&stats.ack_us.lock()),
@@ -564,7 +581,8 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(p) = &a.json {
         std::fs::write(p, &text).with_context(|| format!("--json {}", p.display()))?;
     }
-    Ok(if sent == acked + rejected { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    let whole = sent == acked + rejected && offline_raised == silenced;
+    Ok(if whole { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
 /// A gateway's alarm awaiting its ack: key, first send time, place in the

@@ -1,8 +1,9 @@
 //! The load tool against a real server (started in-process on loopback, its
 //! store in a temporary directory): a short stream run and a short unary run
 //! report every alarm acknowledged and nothing lost, write the report and the
-//! acked log, and `verify` finds every acknowledged alarm; an acked log that
-//! cannot be written fails the run. Across a SIGKILL of the server (run in a
+//! acked log; in a storm every device that fell silent gets its DEVICE_OFFLINE
+//! alarm from the server's supervision; `verify` finds every acknowledged
+//! alarm; an acked log that cannot be written fails the run. Across a SIGKILL of the server (run in a
 //! process of its own) nothing acknowledged is lost; with the server gone for
 //! good, the run counts what was never answered as lost and fails. Bad
 //! arguments are refused naming the flag.
@@ -72,6 +73,20 @@ async fn run_then_verify_finds_every_acknowledged_alarm() {
             assert!(r["ack_latency_ms"][k].as_f64().unwrap() > 0.0, "{mode}: {r}");
         }
     }
+    // A storm: 90% of the elders' devices fall silent at once, and the
+    // server's supervision raises an alarm for each, which the tool finds.
+    let json = dir.path().join("storm.json");
+    let args = ["run", "--target", &target, "--scenario", "storm", "--rate", "100", "--duration", "2"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["--caregivers", "10", "--elders", "60", "--seed", "3", "--json"].map(String::from))
+        .chain([json.display().to_string()])
+        .collect::<Vec<_>>();
+    let out = tokio::task::spawn_blocking(move || tool().args(args).output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "storm: {}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&json);
+    assert_eq!((r["devices_silenced"].as_u64(), r["offline_raised"].as_u64()), (Some(54), Some(54)), "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
     // An acked log that cannot be written fails the run, naming the flag:
     // `verify` would never check the keys it lost. A thousand keys overflow
     // the log's buffer, so its writes fail during the run, not only at the end.

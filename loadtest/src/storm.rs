@@ -1,0 +1,198 @@
+//! The `storm` scenario's devices: one supervised device per elder, kept
+//! alive by heartbeats on one Heartbeat stream (a gateway's), until 90% of
+//! them fall silent at once (a power cut). The server's supervision must then
+//! raise a DEVICE_OFFLINE alarm for each; [`Storm::check`] looks every one up
+//! by the key supervision gives it (`supervision:{device}:{last heard}`),
+//! which the tool knows because it stamps its heartbeats.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Declared heartbeat interval of every storm device, seconds.
+const INTERVAL_S: u32 = 2;
+/// Heartbeats are sent twice per interval.
+const BEAT_EVERY: Duration = Duration::from_millis(INTERVAL_S as u64 * 500);
+/// Supervision raises a device's alarm after three silent intervals and
+/// checks once a second; the check waits this long after the silence at most.
+const RAISE_WITHIN: Duration = Duration::from_secs(3 * INTERVAL_S as u64 + 10);
+
+pub struct Storm {
+    devices: Vec<String>,
+    /// The elder each device is bound to.
+    elders: Vec<String>,
+    /// Which devices fall silent, and the stamp of the last heartbeat each
+    /// sent (0 until the silence).
+    silent: Vec<bool>,
+    last_beat_ms: Arc<Mutex<Vec<i64>>>,
+    /// When the devices fell silent.
+    silenced_at: Arc<Mutex<Option<Instant>>>,
+    beats: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn device(id: &str, elder: &str, interval_s: u32) -> pb::UpsertDeviceRequest {
+    pb::UpsertDeviceRequest {
+        device: Some(pb::Device {
+            id: id.into(),
+            elder_id: elder.into(),
+            kind: pb::DeviceKind::SosButton as i32,
+            heartbeat_interval_s: interval_s,
+            model: "anxin-loadtest".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+impl Storm {
+    /// Registers a supervised device for every elder.
+    pub async fn register(channel: &Channel, run_id: &str, elders: &[String]) -> anyhow::Result<Storm> {
+        let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+        let devices: Vec<String> = (0..elders.len()).map(|i| format!("{run_id}-D{i}")).collect();
+        let results: Vec<_> = futures::stream::iter(devices.iter().zip(elders))
+            .map(|(d, e)| {
+                let mut r = reg.clone();
+                let req = device(d, e, INTERVAL_S);
+                async move { r.upsert_device(req).await }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for r in results {
+            r.context("registering storm devices")?;
+        }
+        let silent: Vec<bool> = (0..devices.len()).map(|i| i % 10 != 0).collect();
+        let last_beat_ms = Arc::new(Mutex::new(vec![0; devices.len()]));
+        let (elders, silenced_at, beats) = (elders.to_vec(), Arc::new(Mutex::new(None)), None);
+        Ok(Storm { devices, elders, silent, last_beat_ms, silenced_at, beats })
+    }
+
+    /// Starts the heartbeats: 90% of the devices stop at `silence_at`, the
+    /// rest at `until`.
+    pub fn begin(&mut self, channel: &Channel, silence_at: Instant, until: Instant) {
+        let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+        self.beats = Some(tokio::spawn(beat(
+            reg,
+            self.devices.clone(),
+            self.silent.clone(),
+            self.last_beat_ms.clone(),
+            self.silenced_at.clone(),
+            silence_at,
+            until,
+        )));
+    }
+
+    /// Waits for the heartbeats to end, then looks up every silent device's
+    /// DEVICE_OFFLINE alarm, again each second for those not found yet, until
+    /// all are found or supervision has had `RAISE_WITHIN` since the silence;
+    /// then stops supervising the devices (so they raise nothing after the
+    /// run). Returns (devices silenced, alarms found).
+    pub async fn check(self, channel: &Channel, concurrency: usize) -> anyhow::Result<(u64, u64)> {
+        if let Some(beats) = self.beats {
+            beats.await.context("heartbeat task")??;
+        }
+        let Some(at) = *self.silenced_at.lock() else { return Ok((0, 0)) };
+        let last = self.last_beat_ms.lock().clone();
+        let mut left: Vec<(String, String)> = (0..self.devices.len())
+            .filter(|i| self.silent[*i])
+            .map(|i| (self.devices[i].clone(), format!("supervision:{}:{}", self.devices[i], last[i])))
+            .collect();
+        let silenced = left.len() as u64;
+        let dispatch = pb::dispatch_service_client::DispatchServiceClient::new(channel.clone());
+        // Not before three intervals and a check have passed.
+        tokio::time::sleep_until((at + Duration::from_secs(3 * INTERVAL_S as u64 + 1)).into()).await;
+        loop {
+            let found: Vec<Result<Option<(String, String)>, tonic::Status>> = futures::stream::iter(left)
+                .map(|(device, key)| {
+                    let mut c = dispatch.clone();
+                    async move {
+                        let req = pb::GetIncidentRequest { idempotency_key: key.clone(), ..Default::default() };
+                        match c.get_incident(req).await {
+                            Ok(inc) if inc.get_ref().device_id == device => Ok(None),
+                            Ok(_) => Err(tonic::Status::internal(format!("{key} is not an alarm of {device}"))),
+                            Err(s) if s.code() == tonic::Code::NotFound => Ok(Some((device, key))),
+                            Err(s) => Err(s),
+                        }
+                    }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+            left = Vec::new();
+            for f in found {
+                left.extend(f.context("looking up a DEVICE_OFFLINE alarm")?);
+            }
+            if left.is_empty() || Instant::now() >= at + RAISE_WITHIN {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for (device, key) in &left {
+            eprintln!("no DEVICE_OFFLINE alarm for silent device {device} ({key})");
+        }
+        let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+        let _best_effort: Vec<_> = futures::stream::iter(self.devices.iter().zip(&self.elders))
+            .map(|(d, e)| {
+                let mut r = reg.clone();
+                let req = device(d, e, 0);
+                async move { r.upsert_device(req).await }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        Ok((silenced, silenced - left.len() as u64))
+    }
+}
+
+/// Sends a heartbeat for every live device each `BEAT_EVERY` on one stream;
+/// at `silence_at` the silent ones stop (their last stamps recorded), at
+/// `until` all do.
+async fn beat(
+    mut reg: pb::registry_service_client::RegistryServiceClient<Channel>,
+    devices: Vec<String>,
+    silent: Vec<bool>,
+    last_beat_ms: Arc<Mutex<Vec<i64>>>,
+    silenced_at: Arc<Mutex<Option<Instant>>>,
+    silence_at: Instant,
+    until: Instant,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<pb::DeviceHeartbeat>(4096);
+    let call = tokio::spawn(async move { reg.heartbeat(ReceiverStream::new(rx)).await });
+    let mut next = Instant::now();
+    while next < until {
+        tokio::time::sleep_until(next.into()).await;
+        let quiet = Instant::now() >= silence_at;
+        if quiet {
+            silenced_at.lock().get_or_insert_with(Instant::now);
+        }
+        let at = now_ms();
+        for (i, d) in devices.iter().enumerate() {
+            if quiet && silent[i] {
+                continue;
+            }
+            if tx.send(pb::DeviceHeartbeat { device_id: d.clone(), at_unix_ms: at, battery_pct: 0 }).await.is_err() {
+                break;
+            }
+            if silent[i] {
+                last_beat_ms.lock()[i] = at;
+            }
+        }
+        next += BEAT_EVERY;
+    }
+    drop(tx);
+    let summary = call.await.context("heartbeat stream")?.context("Heartbeat")?.into_inner();
+    if summary.rejected > 0 {
+        anyhow::bail!("Heartbeat: {} heartbeats refused: {}", summary.rejected, summary.first_error);
+    }
+    Ok(())
+}
