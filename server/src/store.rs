@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use dispatch_core::{CaregiverId, ElderId, IdempotencyKey, IncidentEvent, IncidentId, Journal};
 use prost::bytes::Bytes;
 use prost::Message;
@@ -541,10 +541,19 @@ impl Store {
         let _ = self.tx.send(Msg::Write(Request { op, done: Some(done) }));
     }
 
-    /// Queues `op` without waiting (for state that is refreshed anyway, such
-    /// as last positions). Dropped only if the store has stopped.
+    /// Queues `op` without waiting, for state that is refreshed or rebuilt
+    /// anyway (last positions, a device's online mark, a plan's failure,
+    /// which a restart finds unfinished and marks failed again). Dropped if
+    /// the queue is full (the writer is behind: alarms come first) or the
+    /// store has stopped; drops are counted and logged.
     pub fn write_later(&self, op: WriteOp) {
-        let _ = self.tx.try_send(Msg::Write(Request { op, done: None }));
+        static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Write(Request { op, done: None })) {
+            let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(dropped = n + 1, "store queue full: a refreshable write was dropped");
+            }
+        }
     }
 }
 
