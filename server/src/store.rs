@@ -550,7 +550,7 @@ impl Store {
         static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Write(Request { op, done: None })) {
             let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(dropped = n + 1, "store queue full: a refreshable write was dropped");
             }
         }
