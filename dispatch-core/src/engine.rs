@@ -324,9 +324,14 @@ impl Run {
 }
 
 /// A batch of alarms being taken in, run by run: see
-/// [`Dispatcher::next_run`]. Each run is one journal append.
+/// [`Dispatcher::next_run`]. Each run is one journal append. Alarms are taken
+/// in by severity (critical, then urgent, then routine; in arrival order
+/// within a severity) and answered in the caller's order.
 pub struct Intake {
-    alarms: std::iter::Enumerate<std::vec::IntoIter<Alarm>>,
+    /// The batch in the caller's order; an alarm is taken out as it is taken in.
+    alarms: Vec<Option<Alarm>>,
+    /// Places in `alarms`, in the order they are taken in.
+    order: std::vec::IntoIter<usize>,
     /// An alarm that met a lock or lane its run holds: taken in again, first,
     /// by the next run. It holds nothing meanwhile.
     paused: Option<(usize, Alarm)>,
@@ -336,7 +341,21 @@ pub struct Intake {
 impl Intake {
     /// Whether every alarm is answered (no run is left to stage).
     pub fn is_done(&self) -> bool {
-        self.paused.is_none() && self.alarms.len() == 0
+        self.paused.is_none() && self.order.len() == 0
+    }
+
+    /// Alarms not yet taken in.
+    fn remaining(&self) -> usize {
+        self.order.len() + usize::from(self.paused.is_some())
+    }
+
+    /// The next alarm to take in (the paused one first) and its place in the batch.
+    fn next_alarm(&mut self) -> Option<(usize, Alarm)> {
+        if let Some(paused) = self.paused.take() {
+            return Some(paused);
+        }
+        let alarms = &mut self.alarms;
+        self.order.by_ref().find_map(|i| Some((i, alarms[i].take()?)))
     }
 
     /// The answers, in the order of the alarms, once `next_run` has returned
@@ -525,6 +544,25 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// The order a batch is taken in: places of `alarms` by severity, critical
+/// first, in arrival order within a severity (a counting sort: one pass to
+/// count, one to place).
+fn triage_order(alarms: &[Alarm]) -> Vec<usize> {
+    let mut count = [0usize; 3];
+    for a in alarms {
+        count[lane(a.kind.severity())] += 1;
+    }
+    // Where each lane's places start: critical (lane 2), urgent (1), routine (0).
+    let mut next = [count[2] + count[1], count[2], 0];
+    let mut order = vec![0; alarms.len()];
+    for (i, a) in alarms.iter().enumerate() {
+        let l = lane(a.kind.severity());
+        order[next[l]] = i;
+        next[l] += 1;
+    }
+    order
+}
+
 /// What repeats are merged by: the device (or the elder, without one) and the kind.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Source {
@@ -704,11 +742,18 @@ impl Dispatcher {
         intake.into_answers()
     }
 
-    /// Starts taking a batch in.
+    /// Starts taking a batch in. Critical always goes first: the batch is
+    /// taken in by severity (critical, then urgent, then routine), in arrival
+    /// order within a severity, so that no urgent alarm waiting for room in
+    /// its lane and no routine alarm is matched before a critical one of the
+    /// same batch. Answers keep the order of `alarms`.
     pub fn intake(&self, alarms: Vec<Alarm>) -> Intake {
         self.kpis.received.fetch_add(alarms.len() as u64, Ordering::Relaxed);
         let out = alarms.iter().map(|_| None).collect();
-        Intake { alarms: alarms.into_iter().enumerate(), paused: None, out }
+        let order = triage_order(&alarms).into_iter();
+        // In place: an `Option<Alarm>` is the size of an `Alarm`.
+        let alarms = alarms.into_iter().map(Some).collect();
+        Intake { alarms, order, paused: None, out }
     }
 
     /// Stages the next run of `intake`: alarms are taken in until the run
@@ -737,9 +782,9 @@ impl Dispatcher {
     }
 
     fn stage_run(&self, intake: &mut Intake, may_wait: bool) -> std::result::Result<Option<PendingRun>, WouldWait> {
-        let mut run = Run::for_alarms(intake.alarms.len() + usize::from(intake.paused.is_some()), may_wait);
+        let mut run = Run::for_alarms(intake.remaining(), may_wait);
         while run.staged.len() < MAX_RUN {
-            let Some((slot, alarm)) = intake.paused.take().or_else(|| intake.alarms.next()) else { break };
+            let Some((slot, alarm)) = intake.next_alarm() else { break };
             match self.take_in(slot, alarm, &mut run) {
                 Step::Answered(answer) => intake.out[slot] = Some(answer),
                 Step::Staged => {}

@@ -178,6 +178,29 @@ fn a_batch_is_journalled_per_run_and_answered_in_order() {
     assert_eq!(r.journal.appends.load(Ordering::SeqCst), 3);
 }
 
+/// Critical always goes first: a batch is taken in by severity, so a
+/// routine and an urgent alarm ahead of a critical one in the same batch do
+/// not take the one free caregiver from it; answers keep the batch's order.
+#[test]
+fn a_batch_takes_critical_alarms_in_first_and_answers_in_order() {
+    let r = rig(&[("only", 43.880, 125.370)]);
+    let batch = vec![
+        alarm("routine", AlarmKind::LowBattery, 43.880, 125.370),
+        alarm("urgent", AlarmKind::Inactivity, 43.880, 125.370),
+        alarm("critical", AlarmKind::Fall, 43.881, 125.371),
+        alarm("urgent2", AlarmKind::Wandering, 43.880, 125.370),
+    ];
+    let out: Vec<Incident> = r.d.raise_batch(batch).into_iter().map(|o| o.unwrap().incident).collect();
+    let keys: Vec<&str> = out.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["routine", "urgent", "critical", "urgent2"], "answers in the caller's order");
+    assert_eq!((out[2].state, out[2].assigned.clone()), (IncidentState::Offered, Some(cg("only"))));
+    for i in [&out[0], &out[1], &out[3]] {
+        assert_eq!(i.state, IncidentState::Escalated, "{} found nobody left", i.key.as_str());
+    }
+    // Arrival order within a severity: the first urgent alarm was opened before the second.
+    assert!(out[1].id < out[3].id && out[2].id < out[1].id && out[3].id < out[0].id, "{out:?}");
+}
+
 /// Repeats of one source inside one batch merge into the incident the first
 /// of them opened (one caregiver sent, not three), as they would one by one.
 #[test]
@@ -405,7 +428,7 @@ fn try_next_run_gives_up_where_next_run_would_wait() {
     };
     let mut second = d.intake(vec![repeat("k1")]);
     let in_flight = run_in_flight(&mut second);
-    let mut third = d.intake(vec![repeat("k2"), alarm("k3", AlarmKind::SosButton, 43.880, 125.37)]);
+    let mut third = d.intake(vec![repeat("k2"), alarm("k3", AlarmKind::Inactivity, 43.880, 125.37)]);
     assert!(matches!(d.try_next_run(&mut third), Err(WouldWait)));
     commit(&mut second, in_flight);
     let run = run_in_flight(&mut third);
