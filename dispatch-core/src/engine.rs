@@ -28,7 +28,7 @@ use parking_lot::{Condvar, Mutex, RawMutex};
 use crate::error::{DispatchError, Result};
 use crate::geo::{GeoPoint, TravelModel};
 use crate::incident::{Alarm, EventKind, Incident, IncidentEvent};
-use crate::index::{GridIndex, MatchFilter};
+use crate::index::{Candidate, GridIndex, MatchFilter};
 use crate::kpi::{KpiSnapshot, Kpis};
 use crate::lifecycle::IncidentState;
 use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef, StatusCounts};
@@ -464,6 +464,19 @@ const TIMER_TICK_MS: i64 = 100;
 const TIMER_SLOTS: usize = 4096;
 /// Deferred incidents dispatched per tick at most.
 const DRAIN_PER_TICK: usize = 1000;
+/// Candidates a critical alarm's first search asks for: two are offered,
+/// the others replace a claim lost to another incident between the search
+/// and the claim.
+const CRITICAL_CANDIDATES: usize = 4;
+
+/// Claims a caregiver found by a search for incident `id`. (Unit tests make
+/// a claim lose its race here, as it does when another incident takes the
+/// caregiver between the search and the claim.)
+fn claim(c: &Candidate, id: IncidentId, preempt_visit: bool) -> bool {
+    #[cfg(test)]
+    tests::lose_race(&c.slot);
+    c.slot.try_claim(id, preempt_visit)
+}
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
@@ -705,7 +718,7 @@ impl Dispatcher {
     }
 
     /// The `k` free caregivers nearest to `at` by estimated travel time (no claim is made).
-    pub fn nearest_available(&self, at: &GeoPoint, k: usize) -> Vec<crate::index::Candidate> {
+    pub fn nearest_available(&self, at: &GeoPoint, k: usize) -> Vec<Candidate> {
         let filter = MatchFilter { max_radius_m: self.config.max_radius_m, ..Default::default() };
         self.index.nearest(at, k, &filter, &self.config.travel)
     }
@@ -1127,16 +1140,22 @@ impl Dispatcher {
             let filter =
                 MatchFilter { skill: None, exclude: &declined, allow_on_visit: critical, max_radius_m: radius };
             // Claims can lose races with other incidents: the first look asks only
-            // for as many as are offered (the smallest search), later looks for
-            // `candidates`.
+            // for one (the smallest search) or, for a critical alarm, for a few,
+            // so that a lost claim of either of its two offers has a replacement;
+            // later looks ask for `candidates`.
             for attempt in 0..3 {
-                let k = if attempt == 0 { usize::from(critical) + 1 } else { self.config.candidates };
+                let k = match (attempt, critical) {
+                    (0, false) => 1,
+                    (0, true) => CRITICAL_CANDIDATES,
+                    _ => self.config.candidates,
+                };
                 let candidates = self.index.nearest(&inc.location, k, &filter, &self.config.travel);
                 if candidates.is_empty() {
                     break;
                 }
                 let id = inc.id;
-                let mut claimed = candidates.iter().filter(|c| c.slot.try_claim(id, critical));
+                // Lazy: candidates are claimed nearest first until the offers are made.
+                let mut claimed = candidates.iter().filter(|c| claim(c, id, critical));
                 let Some(first) = claimed.next() else { continue };
                 let note = if rung == 1 {
                     format!(
@@ -1149,7 +1168,8 @@ impl Dispatcher {
                 };
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
-                // Critical: the second nearest is offered too; the first to accept takes it.
+                // Critical: the next nearest that can be claimed is offered too; the
+                // first to accept takes it.
                 if let Some(second) = critical.then(|| claimed.next()).flatten() {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
                     let note = "critical alarm: offered to the two nearest, the first to accept takes it";
@@ -1766,6 +1786,80 @@ impl Dispatcher {
         };
         if self.keys.insert(key.clone(), Arc::new(Mutex::new(KeyState::Done(id)))).is_none() {
             self.key_log.lock().push_back((at, key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::geo::TravelMode;
+
+    thread_local! {
+        /// Caregivers whose next claim on this thread loses its race.
+        static RACES: RefCell<Vec<CaregiverId>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Takes `slot` for another incident just before this thread claims it,
+    /// if a test asked for that.
+    pub(super) fn lose_race(slot: &CaregiverSlot) {
+        let lost = RACES.with(|r| {
+            let mut r = r.borrow_mut();
+            r.iter().position(|c| *c == slot.id).map(|i| r.swap_remove(i)).is_some()
+        });
+        if lost {
+            assert!(slot.try_claim(IncidentId(u64::MAX), true), "{} was free to take", slot.id);
+        }
+    }
+
+    fn cg(id: &str) -> CaregiverId {
+        CaregiverId::parse("id", id).unwrap()
+    }
+
+    /// Four caregivers north of the alarm, nearest first: a, b, c, d.
+    fn four() -> Dispatcher {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let d = Dispatcher::new(DispatchConfig::default(), Arc::new(NoJournal), Arc::new(NoSink), clock);
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let home = GeoPoint::new("home", 43.880 + 0.001 * i as f64, 125.370).unwrap();
+            d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home, mode: TravelMode::Bike });
+            d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
+        }
+        d
+    }
+
+    fn fall(d: &Dispatcher, key: &str) -> Incident {
+        let alarm = Alarm {
+            key: IdempotencyKey::parse("k", key).unwrap(),
+            elder: ElderId::parse("e", key).unwrap(),
+            device: None,
+            kind: AlarmKind::Fall,
+            location: GeoPoint::new("at", 43.880, 125.370).unwrap(),
+            occurred_ms: 0,
+            detail: String::new(),
+        };
+        d.raise(alarm).unwrap().incident
+    }
+
+    /// A critical alarm whose claim of one of the two nearest loses a race
+    /// (the caregiver was taken between the search and the claim) is still
+    /// offered to two: the next nearest replaces the lost one.
+    #[test]
+    fn a_lost_claim_of_a_critical_offer_is_replaced_by_the_next_nearest() {
+        for (lost, offered) in [("b", ["a", "c"]), ("a", ["b", "c"])] {
+            let d = four();
+            RACES.with(|r| r.borrow_mut().push(cg(lost)));
+            let inc = fall(&d, "k");
+            assert!(RACES.with(|r| r.borrow().is_empty()), "the claim of {lost} was tried");
+            assert_eq!(d.caregiver(&cg(lost)).unwrap().active_incident, Some(IncidentId(u64::MAX)));
+            let held = (inc.assigned.clone(), inc.co_offer.as_ref().map(|c| c.0.clone()));
+            assert_eq!(held, (Some(cg(offered[0])), Some(cg(offered[1]))), "{lost} lost its race");
+            for c in offered {
+                assert_eq!(d.caregiver(&cg(c)).unwrap().active_incident, Some(inc.id));
+            }
+            assert_eq!(d.caregiver(&cg("d")).unwrap().status, CaregiverStatus::Available, "claims stop at two");
         }
     }
 }
