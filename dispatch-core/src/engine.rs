@@ -868,6 +868,7 @@ impl Dispatcher {
                 // Recorded and scheduled together: one lock of the histogram and
                 // of each timer bucket per run, not per alarm.
                 self.kpis.record_first_offers(&first_offers);
+                self.kpis.count_escalations(&events);
                 self.timers.schedule_all(timers);
                 self.key_log.lock().extend(keys);
                 for (source, id) in opened {
@@ -1296,6 +1297,7 @@ impl Dispatcher {
             self.timers.schedule(deadline.unwrap_or_default(), id);
         }
         self.kpis.observe(Some(current), &next);
+        self.kpis.count_escalations(&events);
         if next.state.is_terminal() {
             self.closed.lock().push_back((now, id));
             self.open.remove(&id);
@@ -1739,7 +1741,7 @@ impl Dispatcher {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
             let known = self.incidents.contains_key(&inc.id);
             if !known {
-                self.kpis.observe(None, &inc);
+                self.kpis.observe_restored(&inc);
             }
             last_alarm.insert(inc.id, (inc.last_alarm_ms.max(inc.received_ms), inc.state.is_open()));
             self.restore_key(inc.key.clone(), inc.id, &last_alarm, now);

@@ -682,6 +682,63 @@ fn closed_incidents_leave_memory_but_not_the_record_and_kpis_keep_counting() {
     assert_eq!(k.open(), 0);
 }
 
+/// The answer-time shares are of every alarm: one escalated with no offer
+/// at all counts as not accepted in time; a merged repeat is not an alarm of
+/// its own, and neither is a retried key.
+#[test]
+fn acceptance_shares_count_alarms_escalated_without_an_offer_but_not_repeats() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let taken = r.d.raise(alarm("k1", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    let missed = r.d.raise(alarm("k2", AlarmKind::Wandering, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((missed.state, missed.first_offered_ms), (IncidentState::Escalated, None), "a is busy");
+    let repeat = Alarm {
+        key: IdempotencyKey::parse("k", "k2-again").unwrap(),
+        ..alarm("k2", AlarmKind::Wandering, 43.88, 125.37)
+    };
+    assert!(r.d.raise(repeat).unwrap().merged);
+    assert!(r.d.raise(alarm("k2", AlarmKind::Wandering, 43.880, 125.370)).unwrap().duplicate);
+    r.clock.advance(30_000);
+    r.d.accept(taken.id, &cg("a")).unwrap();
+    let k = r.d.kpis();
+    assert_eq!((k.alarms_received, k.merged, k.duplicates), (4, 1, 1));
+    assert_eq!((k.incidents_opened, k.offered, k.accepted_within_60s, k.accepted_within_180s), (2, 1, 1, 1));
+    assert_eq!((k.accepted_within_60s_ratio(), k.accepted_within_180s_ratio()), (0.5, 0.5));
+}
+
+/// Time to arrival is measured from receipt of the alarm (the telecare
+/// measure), with the caregiver's part, from acceptance, kept apart.
+#[test]
+fn time_to_arrival_runs_from_receipt_of_the_alarm() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    r.clock.advance(40_000);
+    r.d.accept(inc.id, &cg("a")).unwrap();
+    r.clock.advance(200_000);
+    r.d.arrive(inc.id, &cg("a")).unwrap();
+    let k = r.d.kpis();
+    assert_eq!((k.receipt_to_arrival.count, k.acceptance_to_arrival.count), (1, 1));
+    assert!((k.receipt_to_arrival.p50_ms - 240_000.0).abs() < 240.0, "{:?}", k.receipt_to_arrival);
+    assert!((k.acceptance_to_arrival.p50_ms - 200_000.0).abs() < 200.0, "{:?}", k.acceptance_to_arrival);
+}
+
+/// Escalations by reason count every escalation: an incident a dispatcher
+/// hands on that is declined again is escalated again, for the same reason.
+#[test]
+fn every_escalation_counts_even_for_the_same_reason_twice() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    let escalations = |r: &Rig| {
+        let k = r.d.kpis();
+        k.escalations.iter().find(|(e, _)| *e == EscalationReason::AllDeclined).map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(r.d.decline(inc.id, &cg("a"), "").unwrap().escalation, Some(EscalationReason::AllDeclined));
+    assert_eq!(escalations(&r), 1);
+    r.d.reassign(inc.id, &cg("a"), "please go after all").unwrap();
+    let again = r.d.decline(inc.id, &cg("a"), "still cannot").unwrap();
+    assert_eq!((again.state, again.escalation), (IncidentState::Escalated, Some(EscalationReason::AllDeclined)));
+    assert_eq!(escalations(&r), 2);
+}
+
 /// Memory stays bounded in a storm: closed incidents beyond the cap leave
 /// memory oldest first (still read back by id), and keys are forgotten after
 /// their window once their incident is closed, never while it is open.
