@@ -1080,7 +1080,7 @@ impl Dispatcher {
         run.events.push(created);
         match deferred_reason {
             Some(reason) => {
-                inc.state = IncidentState::Deferred;
+                inc.set_state(IncidentState::Deferred);
                 inc.deferred_reason = Some(reason.clone());
                 run.events.push(event(EventKind::Deferred, &inc, now, None, &reason));
             }
@@ -1189,7 +1189,7 @@ impl Dispatcher {
 
     /// Records an offer to `cg`, whom the caller has just claimed.
     fn offer_to(&self, inc: &mut Incident, cg: &CaregiverId, eta_s: f64, now: i64) {
-        inc.state = IncidentState::Offered;
+        inc.set_state(IncidentState::Offered);
         inc.assigned = Some(cg.clone());
         inc.assigned_eta_s = eta_s;
         inc.dispatch_attempts += 1;
@@ -1211,7 +1211,7 @@ impl Dispatcher {
         events: &mut Vec<IncidentEvent>,
     ) {
         let released = self.release_holder(inc, now, events, "escalated");
-        inc.state = IncidentState::Escalated;
+        inc.set_state(IncidentState::Escalated);
         inc.escalation = Some(reason);
         inc.escalation_note = format!("{note}; in the district supervisor queue, family contact to be called");
         inc.escalated_ms = Some(now);
@@ -1376,7 +1376,7 @@ impl Dispatcher {
                     "another caregiver accepted first",
                 ));
             }
-            inc.state = IncidentState::Accepted;
+            inc.set_state(IncidentState::Accepted);
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
             inc.updated_ms = now;
@@ -1413,7 +1413,7 @@ impl Dispatcher {
             Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Pending)?;
             self.release_holder(inc, now, events, "declined");
             inc.declined_by.push(cg.clone());
-            inc.state = IncidentState::Pending;
+            inc.set_state(IncidentState::Pending);
             inc.updated_ms = now;
             events.push(event(EventKind::Declined, inc, now, Some(cg), note));
             self.dispatch(inc, now, events);
@@ -1425,7 +1425,7 @@ impl Dispatcher {
     pub fn arrive(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
         self.update(id, |inc, now, events| {
             Self::expect_held(inc, cg, IncidentState::Accepted, IncidentState::OnScene)?;
-            inc.state = IncidentState::OnScene;
+            inc.set_state(IncidentState::OnScene);
             inc.arrived_ms = Some(now);
             inc.updated_ms = now;
             events.push(event(EventKind::Arrived, inc, now, Some(cg), ""));
@@ -1442,7 +1442,7 @@ impl Dispatcher {
             }
             Self::check(inc, IncidentState::Resolved)?;
             let released = self.release_holder(inc, now, events, "resolved");
-            inc.state = IncidentState::Resolved;
+            inc.set_state(IncidentState::Resolved);
             inc.outcome = Some(outcome);
             inc.resolution_note = note.to_owned();
             inc.closed_ms = Some(now);
@@ -1498,7 +1498,7 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check(inc, IncidentState::Cancelled)?;
             let released = self.release_holder(inc, now, events, "cancelled");
-            inc.state = IncidentState::Cancelled;
+            inc.set_state(IncidentState::Cancelled);
             inc.resolution_note = reason.to_owned();
             inc.closed_ms = Some(now);
             inc.updated_ms = now;
@@ -1536,7 +1536,7 @@ impl Dispatcher {
                             inc.declined_by.push(cg.clone());
                         }
                         inc.offer_deadline_ms = None;
-                        inc.state = IncidentState::Pending;
+                        inc.set_state(IncidentState::Pending);
                         inc.updated_ms = now;
                         for cg in &silent {
                             events.push(event(EventKind::OfferExpired, inc, now, Some(cg), "no answer in time"));
@@ -1579,7 +1579,7 @@ impl Dispatcher {
                 if inc.state != IncidentState::Deferred {
                     return Ok(()); // cancelled or handled by a dispatcher meanwhile
                 }
-                inc.state = IncidentState::Pending;
+                inc.set_state(IncidentState::Pending);
                 inc.updated_ms = now;
                 self.dispatch(inc, now, events);
                 Ok(())

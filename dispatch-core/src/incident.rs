@@ -99,6 +99,16 @@ impl Incident {
             deferred_reason: None,
         }
     }
+
+    /// Moves the incident to state `to`. Every change of state goes through
+    /// here, checked against the life cycle's one table
+    /// ([`IncidentState::can_transition_to`]); callers check a transition a
+    /// client asks for before they change anything, so a failure here is a
+    /// bug in the dispatcher.
+    pub(crate) fn set_state(&mut self, to: IncidentState) {
+        debug_assert!(self.state.can_transition_to(to), "{} cannot go from {:?} to {to:?}", self.id, self.state);
+        self.state = to;
+    }
 }
 
 /// What happened to an incident.

@@ -2,6 +2,7 @@
 //! dedup and merge, timers on a manual clock, journal failures, and a
 //! concurrency stress test of the one-incident-per-caregiver invariant.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -75,6 +76,30 @@ fn alarm(key: &str, kind: AlarmKind, lat: f64, lon: f64) -> Alarm {
     }
 }
 
+/// Checks the events of each incident, in journal order: the first is
+/// CREATED in PENDING, and every change of state between consecutive events
+/// is one the life cycle's table allows (events that change no state, such
+/// as MERGED, are not transitions). Returns the transitions seen and each
+/// incident's last state.
+fn assert_life_cycles(
+    events: &[IncidentEvent],
+) -> (HashSet<(IncidentState, IncidentState)>, HashMap<IncidentId, IncidentState>) {
+    let mut seen = HashSet::new();
+    let mut last = HashMap::new();
+    for e in events {
+        let to = e.incident.state;
+        match last.insert(e.incident.id, to) {
+            None => assert_eq!((e.kind, to), (EventKind::Created, IncidentState::Pending), "{}", e.incident.id),
+            Some(from) if from != to => {
+                assert!(from.can_transition_to(to), "{}: {from:?} -> {to:?} by {:?}", e.incident.id, e.kind);
+                seen.insert((from, to));
+            }
+            Some(_) => {}
+        }
+    }
+    (seen, last)
+}
+
 #[test]
 fn raise_accept_arrive_resolve_frees_the_caregiver() {
     let r = rig(&[("near", 43.880, 125.370), ("far", 43.900, 125.400)]);
@@ -96,6 +121,92 @@ fn raise_accept_arrive_resolve_frees_the_caregiver() {
         [EventKind::Created, EventKind::Offered, EventKind::Accepted, EventKind::Arrived, EventKind::Resolved]
     );
     assert!(r.d.resolve(inc.id, None, Outcome::Other, "").is_err(), "resolved is terminal");
+}
+
+/// A varied day (offers, declines, expiries, two live offers, accept,
+/// arrive, resolve, reassign, cancel, deferral, escalation and hand-off):
+/// every change of state the journal records is one the life cycle allows,
+/// and every incident ends resolved, cancelled or escalated.
+#[test]
+fn every_change_of_state_in_the_journal_is_an_allowed_transition() {
+    use IncidentState::*;
+    let config = DispatchConfig { routine_lane: 0, ..Default::default() };
+    let r = rig_with(config, &[("a", 43.880, 125.370), ("b", 43.885, 125.370), ("c", 43.890, 125.370)]);
+    let (a, b, c) = (cg("a"), cg("b"), cg("c"));
+    let at = |key: &str, kind| alarm(key, kind, 43.880, 125.370);
+    // Declined, expired, accepted with a repeat merged in, arrived, resolved.
+    let i1 = r.d.raise(at("i1", AlarmKind::Inactivity)).unwrap().incident;
+    r.d.decline(i1.id, &a, "").unwrap();
+    r.clock.advance(61_000);
+    r.d.tick();
+    assert_eq!(r.d.incident(i1.id).unwrap().assigned, Some(c.clone()));
+    r.d.accept(i1.id, &c).unwrap();
+    assert!(
+        r.d.raise(Alarm { key: IdempotencyKey::parse("k", "i1-again").unwrap(), ..at("i1", AlarmKind::Inactivity) })
+            .unwrap()
+            .merged
+    );
+    r.d.arrive(i1.id, &c).unwrap();
+    r.d.resolve(i1.id, Some(&c), Outcome::Assisted, "").unwrap();
+    // Two live offers, the first accept wins; reassigned by a dispatcher; cancelled.
+    let i2 = r.d.raise(at("i2", AlarmKind::Fall)).unwrap().incident;
+    r.d.accept(i2.id, &b).unwrap();
+    r.d.reassign(i2.id, &c, "c is closer now").unwrap();
+    r.d.cancel(i2.id, "the elder got up").unwrap();
+    // Deferred, dispatched by a tick, declined by all, reassigned, on scene, escalated by hand, resolved.
+    let i3 = r.d.raise(at("i3", AlarmKind::LowBattery)).unwrap().incident;
+    assert_eq!(i3.state, Deferred);
+    r.d.tick();
+    for _ in 0..3 {
+        let holder = r.d.incident(i3.id).unwrap().assigned.unwrap();
+        r.d.decline(i3.id, &holder, "").unwrap();
+    }
+    assert_eq!(r.d.incident(i3.id).unwrap().state, Escalated);
+    r.d.reassign(i3.id, &a, "").unwrap();
+    r.d.accept(i3.id, &a).unwrap();
+    r.d.arrive(i3.id, &a).unwrap();
+    r.d.escalate(i3.id, EscalationReason::Manual, "needs a nurse").unwrap();
+    r.d.resolve(i3.id, None, Outcome::HospitalTransfer, "").unwrap();
+    // Everyone busy: nobody for i6, handed off to 119, then cancelled; i5 overdue and
+    // closed by a dispatcher; i4's two offers expire and it is escalated.
+    let i4 = r.d.raise(at("i4", AlarmKind::Gas)).unwrap().incident;
+    let i5 = r.d.raise(at("i5", AlarmKind::Wandering)).unwrap().incident;
+    let i6 = r.d.raise(at("i6", AlarmKind::Smoke)).unwrap().incident;
+    assert_eq!((i4.state, i5.state, i6.state), (Offered, Offered, Escalated));
+    r.d.accept(i5.id, &i5.assigned.clone().unwrap()).unwrap();
+    r.clock.advance(r.d.config().handoff_critical_ms);
+    r.d.tick();
+    assert_eq!(r.d.incident(i6.id).unwrap().escalation, Some(EscalationReason::EmergencyServices));
+    r.d.cancel(i6.id, "119 attended").unwrap();
+    r.clock.advance(3_600_000);
+    r.d.tick();
+    assert!(r.d.incident(i5.id).unwrap().arrival_overdue);
+    r.d.resolve(i5.id, None, Outcome::FamilyHandled, "").unwrap();
+
+    let (seen, last) = assert_life_cycles(&r.journal.events.lock().unwrap());
+    for t in [
+        (Pending, Offered),
+        (Offered, Pending),
+        (Offered, Accepted),
+        (Accepted, OnScene),
+        (OnScene, Resolved),
+        (Accepted, Offered),
+        (Offered, Cancelled),
+        (Pending, Deferred),
+        (Deferred, Offered),
+        (Pending, Escalated),
+        (Escalated, Offered),
+        (OnScene, Escalated),
+        (Escalated, Resolved),
+        (Escalated, Cancelled),
+        (Accepted, Resolved),
+    ] {
+        assert!(seen.contains(&t), "the scenario never went {:?} -> {:?}", t.0, t.1);
+    }
+    assert_eq!(last.len(), 6);
+    for (id, state) in last {
+        assert!(matches!(state, Resolved | Cancelled | Escalated), "{id} left {state:?}");
+    }
 }
 
 #[test]
