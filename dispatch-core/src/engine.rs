@@ -169,9 +169,21 @@ pub struct DispatchConfig {
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
     pub max_offers: u32,
-    /// Arrival is overdue after `eta * factor + slack`.
+    /// Arrival is overdue after `eta * factor + slack` from acceptance: the
+    /// console is alerted (ARRIVAL_OVERDUE).
     pub arrival_overdue_factor: f64,
     pub arrival_overdue_slack_ms: i64,
+    /// An overdue arrival is alerted again this often...
+    pub arrival_realert_ms: i64,
+    /// ...and this long after it became overdue the incident is escalated
+    /// (reason ARRIVAL_OVERDUE: the caregiver is released, the district
+    /// supervisor queue takes it, and the ladder goes on from there).
+    pub arrival_escalate_ms: i64,
+    /// An incident on scene this long raises a console alert
+    /// (ON_SCENE_OVERDUE), then again every `on_scene_realert_ms` until it is
+    /// closed: never silently stuck.
+    pub on_scene_alert_ms: i64,
+    pub on_scene_realert_ms: i64,
     pub travel: TravelModel,
 }
 
@@ -196,6 +208,10 @@ impl Default for DispatchConfig {
             max_offers: 5,
             arrival_overdue_factor: 2.0,
             arrival_overdue_slack_ms: 300_000,
+            arrival_realert_ms: 300_000,
+            arrival_escalate_ms: 900_000,
+            on_scene_alert_ms: 7_200_000,
+            on_scene_realert_ms: 1_800_000,
             travel: TravelModel::default(),
         }
     }
@@ -224,7 +240,14 @@ pub struct CaregiverView {
 /// A timer that `tick` fires.
 enum Timer {
     OfferExpired,
+    /// An accepted incident's caregiver is late: flag it and alert.
     ArrivalOverdue,
+    /// Still late: alert again.
+    ArrivalRealert,
+    /// Late past `arrival_escalate_ms`: escalate.
+    ArrivalEscalate,
+    /// On scene past `on_scene_alert_ms` (or since the last alert): alert.
+    OnSceneOverdue,
     /// A pending incident (e.g. read back after a restart) still needs a caregiver.
     Dispatch,
     /// An escalated incident waited too long: hand it off to emergency services.
@@ -1196,6 +1219,9 @@ impl Dispatcher {
         inc.first_offered_ms.get_or_insert(now);
         inc.offered_ms = Some(now);
         inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
+        // Lateness is the new holder's own.
+        inc.arrival_overdue = false;
+        inc.last_alert_ms = None;
         inc.updated_ms = now;
     }
 
@@ -1427,6 +1453,7 @@ impl Dispatcher {
             Self::expect_held(inc, cg, IncidentState::Accepted, IncidentState::OnScene)?;
             inc.set_state(IncidentState::OnScene);
             inc.arrived_ms = Some(now);
+            inc.last_alert_ms = None; // on-scene alerts count from arrival
             inc.updated_ms = now;
             events.push(event(EventKind::Arrived, inc, now, Some(cg), ""));
             Ok(())
@@ -1508,8 +1535,10 @@ impl Dispatcher {
     }
 
     /// Fires due timers: expired offers go to the next caregiver, overdue
-    /// arrivals are flagged, pending incidents (e.g. after a restart) are
-    /// dispatched. Returns how many incidents changed.
+    /// arrivals are alerted, alerted again and at last escalated, long stays
+    /// on scene are alerted again and again, pending incidents (e.g. after a
+    /// restart) are dispatched, escalated ones handed off. Returns how many
+    /// incidents changed.
     pub fn tick(&self) -> usize {
         let now = self.now_ms();
         let mut due = Vec::new();
@@ -1546,9 +1575,23 @@ impl Dispatcher {
                     Some(Timer::Handoff) => self.hand_off(inc, now, events),
                     Some(Timer::ArrivalOverdue) => {
                         inc.arrival_overdue = true;
-                        inc.updated_ms = now;
-                        let holder = inc.assigned.clone();
-                        events.push(event(EventKind::ArrivalOverdue, inc, now, holder.as_ref(), "arrival overdue"));
+                        self.alert(inc, EventKind::ArrivalOverdue, "arrival overdue", now, events);
+                    }
+                    Some(Timer::ArrivalRealert) => {
+                        let waited = (now - inc.accepted_ms.unwrap_or(now)) / 60_000;
+                        let note = format!("arrival still overdue: accepted {waited} min ago");
+                        self.alert(inc, EventKind::ArrivalOverdue, &note, now, events);
+                    }
+                    Some(Timer::ArrivalEscalate) => {
+                        let waited = (now - inc.accepted_ms.unwrap_or(now)) / 60_000;
+                        let who = inc.assigned.as_ref().map_or_else(String::new, |c| c.to_string());
+                        let note = format!("caregiver {who} accepted {waited} min ago and has not arrived");
+                        self.escalate_in(inc, EscalationReason::ArrivalOverdue, &note, now, events);
+                    }
+                    Some(Timer::OnSceneOverdue) => {
+                        let on_scene = (now - inc.arrived_ms.unwrap_or(now)) / 60_000;
+                        let note = format!("on scene for {} h {:02} min and still open", on_scene / 60, on_scene % 60);
+                        self.alert(inc, EventKind::OnSceneOverdue, &note, now, events);
                     }
                     Some(Timer::Dispatch) => self.dispatch(inc, now, events),
                     None => return Ok(()),
@@ -1604,15 +1647,42 @@ impl Dispatcher {
         self.lanes.deferred.load(Ordering::Acquire)
     }
 
-    /// When the next timer of `inc` is due, if it has one.
+    /// A console alert about a held incident that is taking too long (no
+    /// change of state; the next alert is due a re-alert interval later).
+    fn alert(&self, inc: &mut Incident, kind: EventKind, note: &str, now: i64, events: &mut Vec<IncidentEvent>) {
+        inc.last_alert_ms = Some(now);
+        inc.updated_ms = now;
+        events.push(event(kind, inc, now, inc.assigned.as_ref(), note));
+    }
+
+    /// When an accepted incident's arrival becomes overdue, and when it is
+    /// then escalated.
+    fn arrival_deadlines(&self, inc: &Incident) -> Option<(i64, i64)> {
+        let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
+            + self.config.arrival_overdue_slack_ms;
+        let overdue = inc.accepted_ms? + allowed;
+        Some((overdue, overdue + self.config.arrival_escalate_ms))
+    }
+
+    /// When the next timer of `inc` is due, if it has one. Every state that
+    /// holds a caregiver has one, so no incident is silently stuck.
     fn deadline(&self, inc: &Incident) -> Option<i64> {
+        // A re-alert interval is at least a timer tick (no alert per tick).
+        let every = |ms: i64| ms.max(TIMER_TICK_MS);
         match inc.state {
             IncidentState::Offered => inc.offer_deadline_ms,
-            IncidentState::Accepted if !inc.arrival_overdue => {
-                let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
-                    + self.config.arrival_overdue_slack_ms;
-                inc.accepted_ms.map(|a| a + allowed)
+            IncidentState::Accepted => {
+                let (overdue, escalate) = self.arrival_deadlines(inc)?;
+                if !inc.arrival_overdue {
+                    return Some(overdue);
+                }
+                let realert = inc.last_alert_ms.unwrap_or(overdue) + every(self.config.arrival_realert_ms);
+                Some(realert.min(escalate))
             }
+            IncidentState::OnScene => match inc.last_alert_ms {
+                None => inc.arrived_ms.map(|a| a + self.config.on_scene_alert_ms),
+                Some(last) => Some(last + every(self.config.on_scene_realert_ms)),
+            },
             IncidentState::Pending => Some(inc.updated_ms),
             IncidentState::Escalated if inc.escalation != Some(EscalationReason::EmergencyServices) => {
                 let after = match inc.severity {
@@ -1633,7 +1703,12 @@ impl Dispatcher {
         }
         match inc.state {
             IncidentState::Offered => Some(Timer::OfferExpired),
-            IncidentState::Accepted => Some(Timer::ArrivalOverdue),
+            IncidentState::Accepted if !inc.arrival_overdue => Some(Timer::ArrivalOverdue),
+            IncidentState::Accepted => match self.arrival_deadlines(inc) {
+                Some((_, escalate)) if now >= escalate => Some(Timer::ArrivalEscalate),
+                _ => Some(Timer::ArrivalRealert),
+            },
+            IncidentState::OnScene => Some(Timer::OnSceneOverdue),
             IncidentState::Pending => Some(Timer::Dispatch),
             IncidentState::Escalated => Some(Timer::Handoff),
             _ => None,

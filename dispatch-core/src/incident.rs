@@ -58,6 +58,9 @@ pub struct Incident {
     pub repeat_count: u32,
     pub last_alarm_ms: i64,
     pub arrival_overdue: bool,
+    /// The last console alert about the holder taking too long (arrival
+    /// overdue, or a long stay on scene); the next is due an interval later.
+    pub last_alert_ms: Option<i64>,
     pub updated_ms: i64,
     pub deferred_reason: Option<String>,
 }
@@ -95,6 +98,7 @@ impl Incident {
             repeat_count: 0,
             last_alarm_ms: now_ms,
             arrival_overdue: false,
+            last_alert_ms: None,
             updated_ms: now_ms,
             deferred_reason: None,
         }
@@ -125,9 +129,13 @@ pub enum EventKind {
     Escalated,
     Reassigned,
     Merged,
+    /// The caregiver has not arrived in time (repeated while it lasts).
     ArrivalOverdue,
     Deferred,
     OfferWithdrawn,
+    /// A console alert: the caregiver has been on scene longer than
+    /// `on_scene_alert_ms` (repeated every `on_scene_realert_ms` until closed).
+    OnSceneOverdue,
 }
 
 /// One change of one incident: journaled before it is published.

@@ -613,6 +613,90 @@ fn offer_timeout_moves_on_and_arrival_overdue_is_flagged() {
     assert_eq!(overdue, 1, "flagged once");
 }
 
+/// Never silently stuck, accepted: an overdue arrival is alerted, alerted
+/// again every `arrival_realert_ms`, and `arrival_escalate_ms` after it
+/// became overdue escalated to the supervisor queue (the caregiver released),
+/// where the ladder goes on to the hand-off.
+#[test]
+fn an_overdue_arrival_is_alerted_again_then_escalated_to_the_supervisor() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let config = r.d.config().clone();
+    let inc = r.d.raise(alarm("k", AlarmKind::Wandering, 43.881, 125.371)).unwrap().incident;
+    let accepted = r.d.accept(inc.id, &cg("a")).unwrap();
+    let overdue = accepted.accepted_ms.unwrap()
+        + (accepted.assigned_eta_s * 1000.0 * config.arrival_overdue_factor) as i64
+        + config.arrival_overdue_slack_ms;
+    let alerts =
+        |r: &Rig| r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::ArrivalOverdue).count();
+    let step_to = |r: &Rig, at: i64| {
+        r.clock.advance(at - r.clock.now_ms());
+        r.d.tick();
+        r.d.incident(inc.id).unwrap()
+    };
+    assert!(!step_to(&r, overdue - 1).arrival_overdue);
+    assert!(step_to(&r, overdue).arrival_overdue);
+    assert_eq!(alerts(&r), 1);
+    step_to(&r, overdue + config.arrival_realert_ms - 1);
+    assert_eq!(alerts(&r), 1, "not re-alerted early");
+    step_to(&r, overdue + config.arrival_realert_ms);
+    assert_eq!(alerts(&r), 2, "re-alerted");
+    assert_eq!(step_to(&r, overdue + config.arrival_escalate_ms - 1).state, IncidentState::Accepted);
+    let escalated = step_to(&r, overdue + config.arrival_escalate_ms);
+    assert_eq!(alerts(&r), (config.arrival_escalate_ms / config.arrival_realert_ms) as usize);
+    assert_eq!(
+        (escalated.state, escalated.escalation),
+        (IncidentState::Escalated, Some(EscalationReason::ArrivalOverdue))
+    );
+    assert!(escalated.escalation_note.contains("has not arrived"), "{}", escalated.escalation_note);
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available);
+    let handed = step_to(&r, overdue + config.arrival_escalate_ms + config.handoff_urgent_ms);
+    assert_eq!(handed.escalation, Some(EscalationReason::EmergencyServices));
+    let (_, last) = assert_life_cycles(&r.journal.events.lock().unwrap());
+    assert_eq!(last[&inc.id], IncidentState::Escalated);
+}
+
+/// Never silently stuck, on scene: an incident open on scene past the limit
+/// alerts the console, and again every interval until it is closed.
+#[test]
+fn a_long_stay_on_scene_alerts_the_console_until_it_is_closed() {
+    let config = DispatchConfig { on_scene_alert_ms: 3_600_000, on_scene_realert_ms: 600_000, ..Default::default() };
+    let r = rig_with(config, &[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    r.d.accept(inc.id, &cg("a")).unwrap();
+    r.clock.advance(60_000);
+    let arrived = r.d.arrive(inc.id, &cg("a")).unwrap().arrived_ms.unwrap();
+    let alerts = |r: &Rig| {
+        r.journal
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::OnSceneOverdue)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let step_to = |r: &Rig, at: i64| {
+        r.clock.advance(at - r.clock.now_ms());
+        r.d.tick();
+    };
+    step_to(&r, arrived + 3_600_000 - 1);
+    assert!(alerts(&r).is_empty(), "not before the limit");
+    step_to(&r, arrived + 3_600_000);
+    let first = alerts(&r);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].caregiver, Some(cg("a")));
+    assert!(first[0].note.contains("on scene for 1 h 00 min"), "{}", first[0].note);
+    assert_eq!(first[0].incident.state, IncidentState::OnScene, "an alert changes no state");
+    step_to(&r, arrived + 3_600_000 + 600_000 - 1);
+    assert_eq!(alerts(&r).len(), 1);
+    step_to(&r, arrived + 3_600_000 + 600_000);
+    step_to(&r, arrived + 3_600_000 + 1_200_000);
+    assert_eq!(alerts(&r).len(), 3, "repeated every interval");
+    r.d.resolve(inc.id, Some(&cg("a")), Outcome::Assisted, "").unwrap();
+    step_to(&r, arrived + 24 * 3_600_000);
+    assert_eq!(alerts(&r).len(), 3, "silent once closed");
+}
+
 #[test]
 fn a_failed_journal_write_changes_nothing_and_the_key_can_be_retried() {
     let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);

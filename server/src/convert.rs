@@ -230,6 +230,7 @@ impl From<&core::Incident> for IncidentPb {
             arrival_overdue: i.arrival_overdue,
             escalated_unix_ms: opt_ms(i.escalated_ms),
             co_offer_eta_s: i.co_offer.as_ref().map(|c| c.1).unwrap_or(0.0),
+            last_alert_unix_ms: opt_ms(i.last_alert_ms),
         })
     }
 }
@@ -287,6 +288,7 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         repeat_count: p.repeat_count,
         last_alarm_ms: p.last_alarm_unix_ms,
         arrival_overdue: p.arrival_overdue,
+        last_alert_ms: ms_opt(p.last_alert_unix_ms),
         updated_ms: p.updated_unix_ms,
         deferred_reason: (!p.deferred_reason.is_empty()).then(|| p.deferred_reason.clone()),
     })
@@ -310,6 +312,7 @@ pub fn event_kind_pb(k: core::EventKind) -> pb::IncidentEventKind {
         C::ArrivalOverdue => P::ArrivalOverdue,
         C::Deferred => P::Deferred,
         C::OfferWithdrawn => P::OfferWithdrawn,
+        C::OnSceneOverdue => P::OnSceneOverdue,
     }
 }
 

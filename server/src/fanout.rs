@@ -80,9 +80,11 @@ impl dispatch_core::EventSink for Fanout {
                     EventKind::Offered | EventKind::Reassigned => Some(A::Offer),
                     EventKind::Declined | EventKind::OfferExpired | EventKind::OfferWithdrawn => Some(A::Withdrawn),
                     EventKind::Resolved | EventKind::Cancelled | EventKind::Escalated => Some(A::Closed),
-                    EventKind::Merged | EventKind::ArrivalOverdue | EventKind::Accepted | EventKind::Arrived => {
-                        Some(A::Updated)
-                    }
+                    EventKind::Merged
+                    | EventKind::ArrivalOverdue
+                    | EventKind::OnSceneOverdue
+                    | EventKind::Accepted
+                    | EventKind::Arrived => Some(A::Updated),
                     EventKind::Created | EventKind::Deferred => None,
                 };
                 // Converted only if the caregiver's app is listening.
