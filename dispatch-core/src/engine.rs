@@ -1225,9 +1225,15 @@ impl Dispatcher {
         inc.updated_ms = now;
     }
 
-    /// Escalates `inc`: the ladder's second rung (the district supervisor
-    /// queue and the elder's family contact; the console shows both), with the
-    /// emergency hand-off timer of its severity.
+    /// Escalates `inc` into the district supervisor queue, with the
+    /// emergency hand-off timer of its severity. Escalated by the ladder
+    /// (nobody could be claimed, all declined, arrival overdue) it takes the
+    /// ladder's second rung, once per incident: the elder's family contact and
+    /// the supervisor queue are notified, recorded in `family_notified_ms` and
+    /// a FAMILY_NOTIFIED event (the console shows the contacts; the KPIs count
+    /// it as a FamilyContact escalation) after the ESCALATED one, so the
+    /// incident keeps the reason it was escalated for. A dispatcher escalating
+    /// to the family contact by hand is recorded in `family_notified_ms` too.
     fn escalate_in(
         &self,
         inc: &mut Incident,
@@ -1236,14 +1242,31 @@ impl Dispatcher {
         now: i64,
         events: &mut Vec<IncidentEvent>,
     ) {
+        use EscalationReason::*;
         let released = self.release_holder(inc, now, events, "escalated");
         inc.set_state(IncidentState::Escalated);
         inc.escalation = Some(reason);
-        inc.escalation_note = format!("{note}; in the district supervisor queue, family contact to be called");
+        let notified_before = inc.family_notified_ms.is_some();
+        let rung = matches!(reason, NoCaregiverAvailable | AllDeclined | ArrivalOverdue) && !notified_before;
+        inc.escalation_note = if rung || reason == FamilyContact {
+            format!("{note}; in the district supervisor queue, family contact notified")
+        } else if notified_before {
+            format!("{note}; in the district supervisor queue, family contact notified earlier")
+        } else {
+            format!("{note}; in the district supervisor queue")
+        };
+        if reason == FamilyContact {
+            inc.family_notified_ms.get_or_insert(now);
+        }
         inc.escalated_ms = Some(now);
         inc.offer_deadline_ms = None;
         inc.updated_ms = now;
-        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), &inc.escalation_note.clone()));
+        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), &inc.escalation_note));
+        if rung {
+            inc.family_notified_ms = Some(now);
+            let note = "escalation ladder: the elder's family contact and the district supervisor queue notified";
+            events.push(event(EventKind::FamilyNotified, inc, now, None, note));
+        }
     }
 
     /// The ladder's last rung: an emergency-services hand-off record.

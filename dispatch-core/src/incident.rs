@@ -55,6 +55,9 @@ pub struct Incident {
     pub escalation_note: String,
     /// When the incident was escalated (the ladder's clock).
     pub escalated_ms: Option<i64>,
+    /// When the ladder reached the elder's family contact and the district
+    /// supervisor queue (or a dispatcher escalated to the family by hand).
+    pub family_notified_ms: Option<i64>,
     pub repeat_count: u32,
     pub last_alarm_ms: i64,
     pub arrival_overdue: bool,
@@ -95,6 +98,7 @@ impl Incident {
             escalation: None,
             escalation_note: String::new(),
             escalated_ms: None,
+            family_notified_ms: None,
             repeat_count: 0,
             last_alarm_ms: now_ms,
             arrival_overdue: false,
@@ -133,6 +137,10 @@ pub enum EventKind {
     ArrivalOverdue,
     Deferred,
     OfferWithdrawn,
+    /// The escalation ladder's second rung: the elder's family contact and
+    /// the district supervisor queue are notified (once per incident, after
+    /// the ESCALATED event of an automatic escalation).
+    FamilyNotified,
     /// A console alert: the caregiver has been on scene longer than
     /// `on_scene_alert_ms` (repeated every `on_scene_realert_ms` until closed).
     OnSceneOverdue,

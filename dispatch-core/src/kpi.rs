@@ -154,22 +154,31 @@ impl Kpis {
     }
 
     /// Counts an incident read back after a restart (its events are not
-    /// replayed: its latest escalation reason is counted once).
+    /// replayed: its latest escalation reason is counted once, and the family
+    /// rung if it was reached).
     pub fn observe_restored(&self, inc: &Incident) {
         self.observe(None, inc);
         if let Some(r) = inc.escalation {
             self.escalated(r);
         }
+        if inc.family_notified_ms.is_some() && inc.escalation != Some(EscalationReason::FamilyContact) {
+            self.escalated(EscalationReason::FamilyContact);
+        }
     }
 
-    /// Counts every escalation event (and ladder step) of `events`, durable
-    /// ones only, by the reason it recorded.
+    /// Counts every escalation event and ladder step of `events` (durable
+    /// ones only): an ESCALATED event by the reason it recorded, the family
+    /// rung (FAMILY_NOTIFIED) as `FamilyContact`.
     pub fn count_escalations(&self, events: &[IncidentEvent]) {
         for e in events {
-            if e.kind == EventKind::Escalated {
-                if let Some(r) = e.incident.escalation {
-                    self.escalated(r);
+            match e.kind {
+                EventKind::Escalated => {
+                    if let Some(r) = e.incident.escalation {
+                        self.escalated(r);
+                    }
                 }
+                EventKind::FamilyNotified => self.escalated(EscalationReason::FamilyContact),
+                _ => {}
             }
         }
     }

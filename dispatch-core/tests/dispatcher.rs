@@ -803,6 +803,53 @@ fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
     );
 }
 
+/// The ladder's second rung is recorded, not just written in a note: an
+/// incident the ladder escalates keeps its reason, and a FAMILY_NOTIFIED
+/// event (once per incident) records that the elder's family contact and the
+/// supervisor queue were notified; the KPIs count it by reason. A dispatcher
+/// escalating by hand decides on the family himself.
+#[test]
+fn the_ladder_notifies_the_family_contact_and_supervisor_queue_once() {
+    let r = rig(&[]);
+    let inc = r.d.raise(alarm("f", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((inc.state, inc.escalation), (IncidentState::Escalated, Some(EscalationReason::NoCaregiverAvailable)));
+    assert_eq!(inc.family_notified_ms, Some(r.clock.now_ms()));
+    assert!(inc.escalation_note.ends_with("in the district supervisor queue, family contact notified"));
+    let of = |r: &Rig, id: IncidentId| -> Vec<(EventKind, Option<EscalationReason>)> {
+        let events = r.journal.events.lock().unwrap();
+        events.iter().filter(|e| e.incident.id == id).map(|e| (e.kind, e.incident.escalation)).collect()
+    };
+    let reason = Some(EscalationReason::NoCaregiverAvailable);
+    assert_eq!(
+        of(&r, inc.id),
+        [(EventKind::Created, None), (EventKind::Escalated, reason), (EventKind::FamilyNotified, reason)]
+    );
+    // Handed to a caregiver who declines: escalated again, the family is not called twice.
+    r.d.upsert_caregiver(CaregiverProfile {
+        id: cg("a"),
+        skills: vec![],
+        home: p(43.88, 125.37),
+        mode: TravelMode::Bike,
+    });
+    r.d.set_status(&cg("a"), CaregiverStatus::Available, None).unwrap();
+    r.d.reassign(inc.id, &cg("a"), "").unwrap();
+    let again = r.d.decline(inc.id, &cg("a"), "").unwrap();
+    assert_eq!(again.escalation, Some(EscalationReason::AllDeclined));
+    assert!(again.escalation_note.ends_with("family contact notified earlier"), "{}", again.escalation_note);
+    assert_eq!(of(&r, inc.id).iter().filter(|(k, _)| *k == EventKind::FamilyNotified).count(), 1);
+    // A dispatcher's own escalation takes no rung.
+    let other = r.d.raise(alarm("w", AlarmKind::Wandering, 43.880, 125.370)).unwrap().incident;
+    let by_hand = r.d.escalate(other.id, EscalationReason::Manual, "odd readings").unwrap();
+    assert_eq!(by_hand.family_notified_ms, None);
+    assert!(!of(&r, other.id).iter().any(|(k, _)| *k == EventKind::FamilyNotified));
+    let k = r.d.kpis();
+    let count = |reason| k.escalations.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
+    assert_eq!(count(EscalationReason::NoCaregiverAvailable), 1);
+    assert_eq!(count(EscalationReason::AllDeclined), 1);
+    assert_eq!(count(EscalationReason::Manual), 1);
+    assert_eq!(count(EscalationReason::FamilyContact), 1);
+}
+
 #[test]
 fn overload_defers_routine_refuses_beyond_the_backlog_and_never_sheds_critical() {
     let journal = Arc::new(MemJournal::default());

@@ -51,6 +51,24 @@ impl Fanout {
         }
     }
 
+    /// `note` followed by the elder's family contacts from the registry, for
+    /// the console to call (the core knows the elder only by id).
+    fn with_family_contacts(&self, note: &str, elder: &str) -> String {
+        use std::fmt::Write;
+        let mut out = note.to_owned();
+        match self.registry.elders.get(elder) {
+            Some(e) if !e.family_contacts.is_empty() => {
+                out.push_str("; family contacts:");
+                for (i, c) in e.family_contacts.iter().enumerate() {
+                    let sep = if i == 0 { " " } else { ", " };
+                    let _ = write!(out, "{sep}{} ({}) {}", c.name, c.relation, c.phone);
+                }
+            }
+            _ => out.push_str("; no family contact registered"),
+        }
+        out
+    }
+
     fn to_caregiver(
         &self,
         cg: &str,
@@ -85,7 +103,7 @@ impl dispatch_core::EventSink for Fanout {
                     | EventKind::OnSceneOverdue
                     | EventKind::Accepted
                     | EventKind::Arrived => Some(A::Updated),
-                    EventKind::Created | EventKind::Deferred => None,
+                    EventKind::Created | EventKind::Deferred | EventKind::FamilyNotified => None,
                 };
                 // Converted only if the caregiver's app is listening.
                 if let Some((kind, tx)) = kind.and_then(|k| Some((k, self.caregivers.get(cg)?.clone()))) {
@@ -97,13 +115,17 @@ impl dispatch_core::EventSink for Fanout {
             if !consoles {
                 continue; // no console listening is fine: events are durable in the store
             }
+            let note = match e.kind {
+                EventKind::FamilyNotified => self.with_family_contacts(&e.note, e.incident.elder.as_str()),
+                _ => e.note.clone(),
+            };
             let ev = pb::IncidentEvent {
                 seq: console.0,
                 at_unix_ms: e.at_ms,
                 kind: event_kind_pb(e.kind) as i32,
                 incident: Some(incident.unwrap_or_else(|| incident_pb(&e.incident))),
                 caregiver_id: cg.unwrap_or_default().to_owned(),
-                note: e.note.clone(),
+                note,
             };
             let _ = console.1.send(Arc::new(ev));
         }
