@@ -492,13 +492,24 @@ const DRAIN_PER_TICK: usize = 1000;
 /// and the claim.
 const CRITICAL_CANDIDATES: usize = 4;
 
-/// Claims a caregiver found by a search for incident `id`. (Unit tests make
-/// a claim lose its race here, as it does when another incident takes the
-/// caregiver between the search and the claim.)
-fn claim(c: &Candidate, id: IncidentId, preempt_visit: bool) -> bool {
+/// Claims a caregiver found by a search for incident `id`; the status it was
+/// taken from (`OnVisit`: a visit pre-empted). (Unit tests make a claim lose
+/// its race here, as it does when another incident takes the caregiver
+/// between the search and the claim.)
+fn claim(c: &Candidate, id: IncidentId, preempt_visit: bool) -> Option<CaregiverStatus> {
     #[cfg(test)]
     tests::lose_race(&c.slot);
-    c.slot.try_claim(id, preempt_visit)
+    c.slot.try_claim_from(id, preempt_visit)
+}
+
+/// After the offer (or reassignment) to `cg`: if that took the caregiver off
+/// a scheduled visit, a PREEMPTED event naming the caregiver, for the
+/// scheduler and the console.
+fn preempted(from: CaregiverStatus, inc: &Incident, now: i64, cg: &CaregiverId, events: &mut Vec<IncidentEvent>) {
+    if from == CaregiverStatus::OnVisit {
+        let note = format!("scheduled visit pre-empted for {} ({:?} alarm, {:?})", inc.id, inc.kind, inc.severity);
+        events.push(event(EventKind::Preempted, inc, now, Some(cg), &note));
+    }
 }
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
@@ -1179,8 +1190,8 @@ impl Dispatcher {
                 }
                 let id = inc.id;
                 // Lazy: candidates are claimed nearest first until the offers are made.
-                let mut claimed = candidates.iter().filter(|c| claim(c, id, critical));
-                let Some(first) = claimed.next() else { continue };
+                let mut claimed = candidates.iter().filter_map(|c| Some((c, claim(c, id, critical)?)));
+                let Some((first, from)) = claimed.next() else { continue };
                 let note = if rung == 1 {
                     format!(
                         "nobody free within {:.0} km; search widened to {:.0} km",
@@ -1192,12 +1203,14 @@ impl Dispatcher {
                 };
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
+                preempted(from, inc, now, &first.slot.id, events);
                 // Critical: the next nearest that can be claimed is offered too; the
                 // first to accept takes it.
-                if let Some(second) = critical.then(|| claimed.next()).flatten() {
+                if let Some((second, from)) = critical.then(|| claimed.next()).flatten() {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
                     let note = "critical alarm: offered to the two nearest, the first to accept takes it";
                     events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), note));
+                    preempted(from, inc, now, &second.slot.id, events);
                 }
                 return;
             }
@@ -1523,13 +1536,13 @@ impl Dispatcher {
                     reason: format!("already holds {id}"),
                 });
             }
-            if !slot.try_claim(id, true) {
+            let Some(from) = slot.try_claim_from(id, true) else {
                 let reason = match slot.active_incident() {
                     Some(other) => format!("holds incident {other}"),
                     None => format!("is {:?}", slot.status()).to_lowercase(),
                 };
                 return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason });
-            }
+            };
             if let Some(prev) = self.release_holder(inc, now, events, "reassigned by a dispatcher") {
                 events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&prev), "reassigned by a dispatcher"));
             }
@@ -1539,6 +1552,7 @@ impl Dispatcher {
                 .unwrap_or(0.0);
             self.offer_to(inc, to, eta, now);
             events.push(event(EventKind::Reassigned, inc, now, Some(to), note));
+            preempted(from, inc, now, to, events);
             Ok(())
         })
     }

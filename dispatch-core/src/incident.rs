@@ -144,6 +144,9 @@ pub enum EventKind {
     /// A console alert: the caregiver has been on scene longer than
     /// `on_scene_alert_ms` (repeated every `on_scene_realert_ms` until closed).
     OnSceneOverdue,
+    /// The caregiver offered (or reassigned) the incident was taken off a
+    /// scheduled visit: the scheduler re-plans the visit. Follows the offer.
+    Preempted,
 }
 
 /// One change of one incident: journaled before it is published.

@@ -754,6 +754,43 @@ fn critical_alarms_go_to_the_two_nearest_and_the_first_accept_wins() {
     assert_eq!(moved.state, IncidentState::Escalated, "b is busy with the first incident");
 }
 
+/// A caregiver on a scheduled visit taken for a critical alarm (or by a
+/// dispatcher's reassignment) is a PREEMPTED event naming the caregiver, for
+/// the scheduler; a caregiver who was free is not, and urgent alarms leave
+/// visits alone.
+#[test]
+fn preempting_a_scheduled_visit_is_an_event_naming_the_caregiver() {
+    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370), ("later", 43.95, 125.45)]);
+    r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
+    let urgent = r.d.raise(alarm("u", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(urgent.assigned, Some(cg("free")), "an urgent alarm does not pre-empt a visit");
+    r.d.cancel(urgent.id, "").unwrap();
+    let fall = r.d.raise(alarm("f", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(fall.assigned, Some(cg("visit")));
+    assert_eq!(fall.co_offer.as_ref().map(|c| c.0.clone()), Some(cg("free")));
+    let of = |r: &Rig, id: IncidentId| -> Vec<(EventKind, Option<CaregiverId>)> {
+        let events = r.journal.events.lock().unwrap();
+        events.iter().filter(|e| e.incident.id == id).map(|e| (e.kind, e.caregiver.clone())).collect()
+    };
+    assert_eq!(
+        of(&r, fall.id),
+        [
+            (EventKind::Created, None),
+            (EventKind::Offered, Some(cg("visit"))),
+            (EventKind::Preempted, Some(cg("visit"))),
+            (EventKind::Offered, Some(cg("free"))),
+        ]
+    );
+    // A dispatcher reassigning to a caregiver on a visit pre-empts it too.
+    r.d.set_status(&cg("later"), CaregiverStatus::OnVisit, None).unwrap();
+    let lost = r.d.raise(alarm("w", AlarmKind::Wandering, 43.95, 125.45)).unwrap().incident;
+    assert_eq!(lost.state, IncidentState::Escalated);
+    r.d.reassign(lost.id, &cg("later"), "nearest").unwrap();
+    assert_eq!(of(&r, lost.id).last(), Some(&(EventKind::Preempted, Some(cg("later")))));
+    let preemptions = r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::Preempted).count();
+    assert_eq!(preemptions, 2);
+}
+
 #[test]
 fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
     // 'far' is 45 km away: beyond the usual 30 km, within the wide 60 km.

@@ -316,6 +316,7 @@ pub fn event_kind_pb(k: core::EventKind) -> pb::IncidentEventKind {
         C::OfferWithdrawn => P::OfferWithdrawn,
         C::OnSceneOverdue => P::OnSceneOverdue,
         C::FamilyNotified => P::FamilyNotified,
+        C::Preempted => P::Preempted,
     }
 }
 

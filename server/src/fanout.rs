@@ -103,7 +103,8 @@ impl dispatch_core::EventSink for Fanout {
                     | EventKind::OnSceneOverdue
                     | EventKind::Accepted
                     | EventKind::Arrived => Some(A::Updated),
-                    EventKind::Created | EventKind::Deferred | EventKind::FamilyNotified => None,
+                    // The caregiver's app hears of a pre-emption through the offer itself.
+                    EventKind::Created | EventKind::Deferred | EventKind::FamilyNotified | EventKind::Preempted => None,
                 };
                 // Converted only if the caregiver's app is listening.
                 if let Some((kind, tx)) = kind.and_then(|k| Some((k, self.caregivers.get(cg)?.clone()))) {
