@@ -1143,3 +1143,109 @@ fn stress_one_incident_per_caregiver() {
         assert_eq!(v.status == CaregiverStatus::Busy, v.active_incident.is_some());
     }
 }
+
+/// Offer expiry racing the caregivers: worker threads raise alarms and act on
+/// each two alarms later (decline, accept and close, or resolve or cancel as a
+/// dispatcher, on either of two live offers) while another thread moves the
+/// simulated clock on and fires the timers, so offers expire and incidents
+/// move on or escalate under their feet. No caregiver is
+/// ever claimed while holding an incident (the roster's claim asserts it),
+/// every change of state the journal records is an allowed transition, and
+/// once the timers have run out every incident is resolved, cancelled or
+/// escalated and every caregiver free again.
+#[test]
+fn stress_offer_expiry_races_accept_and_decline() {
+    const WORKERS: usize = 6;
+    const ALARMS: usize = 400;
+    let caregivers: Vec<(String, f64, f64)> =
+        (0..10).map(|i| (format!("c{i}"), 43.88 + i as f64 * 0.001, 125.37)).collect();
+    let refs: Vec<(&str, f64, f64)> = caregivers.iter().map(|(s, a, b)| (s.as_str(), *a, *b)).collect();
+    // Offers expire after two to four of the ticker's steps.
+    let r = Arc::new(rig_with(DispatchConfig { offer_timeout_ms: 20_000, ..Default::default() }, &refs));
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (r, done) = (r.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut ticks = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                r.clock.advance(5_000 + (ticks % 3) as i64 * 2_500);
+                r.d.tick();
+                ticks += 1;
+                std::thread::yield_now();
+            }
+            ticks
+        })
+    };
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut waiting = std::collections::VecDeque::new();
+                let act = |n: usize, id: IncidentId| {
+                    let Some(inc) = r.d.incident(id) else { return };
+                    let co = inc.co_offer.as_ref().map(|c| c.0.clone());
+                    let Some(holder) =
+                        (if n.is_multiple_of(2) { co.or(inc.assigned.clone()) } else { inc.assigned.clone() })
+                    else {
+                        return;
+                    };
+                    // Any of these may lose a race with a timer: that is the point.
+                    let _ = match n % 5 {
+                        0 => r.d.decline(id, &holder, "busy"),
+                        1 => {
+                            r.d.accept(id, &holder)
+                                .and_then(|_| r.d.arrive(id, &holder))
+                                .and_then(|_| r.d.resolve(id, Some(&holder), Outcome::Assisted, ""))
+                        }
+                        2 => r.d.accept(id, &holder).and_then(|_| r.d.resolve(id, None, Outcome::FamilyHandled, "")),
+                        3 => r.d.resolve(id, None, Outcome::FalseAlarm, ""),
+                        _ => r.d.cancel(id, "elder called back"),
+                    };
+                };
+                for n in 0..ALARMS {
+                    let key = format!("t{t}-{n}");
+                    let inc = r.d.raise(alarm(&key, AlarmKind::ALL[n % 9], 43.88, 125.37)).unwrap().incident;
+                    waiting.push_back((n, inc.id));
+                    std::thread::yield_now(); // let the ticker in between raise and action
+                    if waiting.len() > 2 {
+                        let (n, id) = waiting.pop_front().unwrap();
+                        act(n, id);
+                    }
+                }
+                for (n, id) in waiting {
+                    act(n, id);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(ticker.join().unwrap() > 0);
+    // Let every timer run out: offers expire into escalation, accepted ones become overdue and escalate.
+    for _ in 0..40 {
+        r.clock.advance(600_000);
+        r.d.tick();
+    }
+    let events = r.journal.events.lock().unwrap().clone();
+    let (_, last) = assert_life_cycles(&events);
+    assert_eq!(last.len(), WORKERS * ALARMS);
+    for &id in last.keys() {
+        // Closed ones have left memory by now: read back from the journal.
+        let inc = r.d.incident(id).unwrap();
+        assert!(
+            matches!(inc.state, IncidentState::Resolved | IncidentState::Cancelled | IncidentState::Escalated),
+            "{id} left {:?}",
+            inc.state
+        );
+        assert!(inc.assigned.is_none() && inc.co_offer.is_none(), "{id} still holds a caregiver");
+    }
+    for (c, _, _) in &caregivers {
+        let v = r.d.caregiver(&cg(c)).unwrap();
+        assert_eq!((v.status, v.active_incident), (CaregiverStatus::Available, None), "{c}");
+    }
+    for kind in [EventKind::OfferExpired, EventKind::Accepted, EventKind::Declined, EventKind::Resolved] {
+        assert!(events.iter().any(|e| e.kind == kind), "no {kind:?} in the run");
+    }
+}
