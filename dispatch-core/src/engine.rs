@@ -28,7 +28,7 @@ use parking_lot::{Condvar, Mutex, RawMutex};
 use crate::error::{DispatchError, Result};
 use crate::geo::{GeoPoint, TravelModel};
 use crate::incident::{Alarm, EventKind, Incident, IncidentEvent};
-use crate::index::{GridIndex, MatchFilter};
+use crate::index::{Candidate, GridIndex, MatchFilter};
 use crate::kpi::{KpiSnapshot, Kpis};
 use crate::lifecycle::IncidentState;
 use crate::roster::{CaregiverProfile, CaregiverSlot, SkillTable, SlotRef, StatusCounts};
@@ -169,9 +169,21 @@ pub struct DispatchConfig {
     pub candidates: usize,
     /// Offers made before the incident is escalated as declined by all.
     pub max_offers: u32,
-    /// Arrival is overdue after `eta * factor + slack`.
+    /// Arrival is overdue after `eta * factor + slack` from acceptance: the
+    /// console is alerted (ARRIVAL_OVERDUE).
     pub arrival_overdue_factor: f64,
     pub arrival_overdue_slack_ms: i64,
+    /// An overdue arrival is alerted again this often...
+    pub arrival_realert_ms: i64,
+    /// ...and this long after it became overdue the incident is escalated
+    /// (reason ARRIVAL_OVERDUE: the caregiver is released, the district
+    /// supervisor queue takes it, and the ladder goes on from there).
+    pub arrival_escalate_ms: i64,
+    /// An incident on scene this long raises a console alert
+    /// (ON_SCENE_OVERDUE), then again every `on_scene_realert_ms` until it is
+    /// closed: never silently stuck.
+    pub on_scene_alert_ms: i64,
+    pub on_scene_realert_ms: i64,
     pub travel: TravelModel,
 }
 
@@ -196,6 +208,10 @@ impl Default for DispatchConfig {
             max_offers: 5,
             arrival_overdue_factor: 2.0,
             arrival_overdue_slack_ms: 300_000,
+            arrival_realert_ms: 300_000,
+            arrival_escalate_ms: 900_000,
+            on_scene_alert_ms: 7_200_000,
+            on_scene_realert_ms: 1_800_000,
             travel: TravelModel::default(),
         }
     }
@@ -224,7 +240,14 @@ pub struct CaregiverView {
 /// A timer that `tick` fires.
 enum Timer {
     OfferExpired,
+    /// An accepted incident's caregiver is late: flag it and alert.
     ArrivalOverdue,
+    /// Still late: alert again.
+    ArrivalRealert,
+    /// Late past `arrival_escalate_ms`: escalate.
+    ArrivalEscalate,
+    /// On scene past `on_scene_alert_ms` (or since the last alert): alert.
+    OnSceneOverdue,
     /// A pending incident (e.g. read back after a restart) still needs a caregiver.
     Dispatch,
     /// An escalated incident waited too long: hand it off to emergency services.
@@ -324,9 +347,14 @@ impl Run {
 }
 
 /// A batch of alarms being taken in, run by run: see
-/// [`Dispatcher::next_run`]. Each run is one journal append.
+/// [`Dispatcher::next_run`]. Each run is one journal append. Alarms are taken
+/// in by severity (critical, then urgent, then routine; in arrival order
+/// within a severity) and answered in the caller's order.
 pub struct Intake {
-    alarms: std::iter::Enumerate<std::vec::IntoIter<Alarm>>,
+    /// The batch in the caller's order; an alarm is taken out as it is taken in.
+    alarms: Vec<Option<Alarm>>,
+    /// Places in `alarms`, in the order they are taken in.
+    order: std::vec::IntoIter<usize>,
     /// An alarm that met a lock or lane its run holds: taken in again, first,
     /// by the next run. It holds nothing meanwhile.
     paused: Option<(usize, Alarm)>,
@@ -336,7 +364,21 @@ pub struct Intake {
 impl Intake {
     /// Whether every alarm is answered (no run is left to stage).
     pub fn is_done(&self) -> bool {
-        self.paused.is_none() && self.alarms.len() == 0
+        self.paused.is_none() && self.order.len() == 0
+    }
+
+    /// Alarms not yet taken in.
+    fn remaining(&self) -> usize {
+        self.order.len() + usize::from(self.paused.is_some())
+    }
+
+    /// The next alarm to take in (the paused one first) and its place in the batch.
+    fn next_alarm(&mut self) -> Option<(usize, Alarm)> {
+        if let Some(paused) = self.paused.take() {
+            return Some(paused);
+        }
+        let alarms = &mut self.alarms;
+        self.order.by_ref().find_map(|i| Some((i, alarms[i].take()?)))
     }
 
     /// The answers, in the order of the alarms, once `next_run` has returned
@@ -445,6 +487,30 @@ const TIMER_TICK_MS: i64 = 100;
 const TIMER_SLOTS: usize = 4096;
 /// Deferred incidents dispatched per tick at most.
 const DRAIN_PER_TICK: usize = 1000;
+/// Candidates a critical alarm's first search asks for: two are offered,
+/// the others replace a claim lost to another incident between the search
+/// and the claim.
+const CRITICAL_CANDIDATES: usize = 4;
+
+/// Claims a caregiver found by a search for incident `id`; the status it was
+/// taken from (`OnVisit`: a visit pre-empted). (Unit tests make a claim lose
+/// its race here, as it does when another incident takes the caregiver
+/// between the search and the claim.)
+fn claim(c: &Candidate, id: IncidentId, preempt_visit: bool) -> Option<CaregiverStatus> {
+    #[cfg(test)]
+    tests::lose_race(&c.slot);
+    c.slot.try_claim_from(id, preempt_visit)
+}
+
+/// After the offer (or reassignment) to `cg`: if that took the caregiver off
+/// a scheduled visit, a PREEMPTED event naming the caregiver, for the
+/// scheduler and the console.
+fn preempted(from: CaregiverStatus, inc: &Incident, now: i64, cg: &CaregiverId, events: &mut Vec<IncidentEvent>) {
+    if from == CaregiverStatus::OnVisit {
+        let note = format!("scheduled visit pre-empted for {} ({:?} alarm, {:?})", inc.id, inc.kind, inc.severity);
+        events.push(event(EventKind::Preempted, inc, now, Some(cg), &note));
+    }
+}
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
@@ -523,6 +589,25 @@ impl std::fmt::Debug for Dispatcher {
             .field("caregivers", &self.roster.len())
             .finish()
     }
+}
+
+/// The order a batch is taken in: places of `alarms` by severity, critical
+/// first, in arrival order within a severity (a counting sort: one pass to
+/// count, one to place).
+fn triage_order(alarms: &[Alarm]) -> Vec<usize> {
+    let mut count = [0usize; 3];
+    for a in alarms {
+        count[lane(a.kind.severity())] += 1;
+    }
+    // Where each lane's places start: critical (lane 2), urgent (1), routine (0).
+    let mut next = [count[2] + count[1], count[2], 0];
+    let mut order = vec![0; alarms.len()];
+    for (i, a) in alarms.iter().enumerate() {
+        let l = lane(a.kind.severity());
+        order[next[l]] = i;
+        next[l] += 1;
+    }
+    order
 }
 
 /// What repeats are merged by: the device (or the elder, without one) and the kind.
@@ -667,7 +752,7 @@ impl Dispatcher {
     }
 
     /// The `k` free caregivers nearest to `at` by estimated travel time (no claim is made).
-    pub fn nearest_available(&self, at: &GeoPoint, k: usize) -> Vec<crate::index::Candidate> {
+    pub fn nearest_available(&self, at: &GeoPoint, k: usize) -> Vec<Candidate> {
         let filter = MatchFilter { max_radius_m: self.config.max_radius_m, ..Default::default() };
         self.index.nearest(at, k, &filter, &self.config.travel)
     }
@@ -704,11 +789,18 @@ impl Dispatcher {
         intake.into_answers()
     }
 
-    /// Starts taking a batch in.
+    /// Starts taking a batch in. Critical always goes first: the batch is
+    /// taken in by severity (critical, then urgent, then routine), in arrival
+    /// order within a severity, so that no urgent alarm waiting for room in
+    /// its lane and no routine alarm is matched before a critical one of the
+    /// same batch. Answers keep the order of `alarms`.
     pub fn intake(&self, alarms: Vec<Alarm>) -> Intake {
         self.kpis.received.fetch_add(alarms.len() as u64, Ordering::Relaxed);
         let out = alarms.iter().map(|_| None).collect();
-        Intake { alarms: alarms.into_iter().enumerate(), paused: None, out }
+        let order = triage_order(&alarms).into_iter();
+        // In place: an `Option<Alarm>` is the size of an `Alarm`.
+        let alarms = alarms.into_iter().map(Some).collect();
+        Intake { alarms, order, paused: None, out }
     }
 
     /// Stages the next run of `intake`: alarms are taken in until the run
@@ -737,9 +829,9 @@ impl Dispatcher {
     }
 
     fn stage_run(&self, intake: &mut Intake, may_wait: bool) -> std::result::Result<Option<PendingRun>, WouldWait> {
-        let mut run = Run::for_alarms(intake.alarms.len() + usize::from(intake.paused.is_some()), may_wait);
+        let mut run = Run::for_alarms(intake.remaining(), may_wait);
         while run.staged.len() < MAX_RUN {
-            let Some((slot, alarm)) = intake.paused.take().or_else(|| intake.alarms.next()) else { break };
+            let Some((slot, alarm)) = intake.next_alarm() else { break };
             match self.take_in(slot, alarm, &mut run) {
                 Step::Answered(answer) => intake.out[slot] = Some(answer),
                 Step::Staged => {}
@@ -810,6 +902,7 @@ impl Dispatcher {
                 // Recorded and scheduled together: one lock of the histogram and
                 // of each timer bucket per run, not per alarm.
                 self.kpis.record_first_offers(&first_offers);
+                self.kpis.count_escalations(&events);
                 self.timers.schedule_all(timers);
                 self.key_log.lock().extend(keys);
                 for (source, id) in opened {
@@ -1021,7 +1114,7 @@ impl Dispatcher {
         run.events.push(created);
         match deferred_reason {
             Some(reason) => {
-                inc.state = IncidentState::Deferred;
+                inc.set_state(IncidentState::Deferred);
                 inc.deferred_reason = Some(reason.clone());
                 run.events.push(event(EventKind::Deferred, &inc, now, None, &reason));
             }
@@ -1082,17 +1175,23 @@ impl Dispatcher {
             let filter =
                 MatchFilter { skill: None, exclude: &declined, allow_on_visit: critical, max_radius_m: radius };
             // Claims can lose races with other incidents: the first look asks only
-            // for as many as are offered (the smallest search), later looks for
-            // `candidates`.
+            // for one (the smallest search) or, for a critical alarm, for a few,
+            // so that a lost claim of either of its two offers has a replacement;
+            // later looks ask for `candidates`.
             for attempt in 0..3 {
-                let k = if attempt == 0 { usize::from(critical) + 1 } else { self.config.candidates };
+                let k = match (attempt, critical) {
+                    (0, false) => 1,
+                    (0, true) => CRITICAL_CANDIDATES,
+                    _ => self.config.candidates,
+                };
                 let candidates = self.index.nearest(&inc.location, k, &filter, &self.config.travel);
                 if candidates.is_empty() {
                     break;
                 }
                 let id = inc.id;
-                let mut claimed = candidates.iter().filter(|c| c.slot.try_claim(id, critical));
-                let Some(first) = claimed.next() else { continue };
+                // Lazy: candidates are claimed nearest first until the offers are made.
+                let mut claimed = candidates.iter().filter_map(|c| Some((c, claim(c, id, critical)?)));
+                let Some((first, from)) = claimed.next() else { continue };
                 let note = if rung == 1 {
                     format!(
                         "nobody free within {:.0} km; search widened to {:.0} km",
@@ -1104,11 +1203,14 @@ impl Dispatcher {
                 };
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
-                // Critical: the second nearest is offered too; the first to accept takes it.
-                if let Some(second) = critical.then(|| claimed.next()).flatten() {
+                preempted(from, inc, now, &first.slot.id, events);
+                // Critical: the next nearest that can be claimed is offered too; the
+                // first to accept takes it.
+                if let Some((second, from)) = critical.then(|| claimed.next()).flatten() {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
                     let note = "critical alarm: offered to the two nearest, the first to accept takes it";
                     events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), note));
+                    preempted(from, inc, now, &second.slot.id, events);
                 }
                 return;
             }
@@ -1123,19 +1225,28 @@ impl Dispatcher {
 
     /// Records an offer to `cg`, whom the caller has just claimed.
     fn offer_to(&self, inc: &mut Incident, cg: &CaregiverId, eta_s: f64, now: i64) {
-        inc.state = IncidentState::Offered;
+        inc.set_state(IncidentState::Offered);
         inc.assigned = Some(cg.clone());
         inc.assigned_eta_s = eta_s;
         inc.dispatch_attempts += 1;
         inc.first_offered_ms.get_or_insert(now);
         inc.offered_ms = Some(now);
         inc.offer_deadline_ms = Some(now + self.config.offer_timeout_ms);
+        // Lateness is the new holder's own.
+        inc.arrival_overdue = false;
+        inc.last_alert_ms = None;
         inc.updated_ms = now;
     }
 
-    /// Escalates `inc`: the ladder's second rung (the district supervisor
-    /// queue and the elder's family contact; the console shows both), with the
-    /// emergency hand-off timer of its severity.
+    /// Escalates `inc` into the district supervisor queue, with the
+    /// emergency hand-off timer of its severity. Escalated by the ladder
+    /// (nobody could be claimed, all declined, arrival overdue) it takes the
+    /// ladder's second rung, once per incident: the elder's family contact and
+    /// the supervisor queue are notified, recorded in `family_notified_ms` and
+    /// a FAMILY_NOTIFIED event (the console shows the contacts; the KPIs count
+    /// it as a FamilyContact escalation) after the ESCALATED one, so the
+    /// incident keeps the reason it was escalated for. A dispatcher escalating
+    /// to the family contact by hand is recorded in `family_notified_ms` too.
     fn escalate_in(
         &self,
         inc: &mut Incident,
@@ -1144,14 +1255,31 @@ impl Dispatcher {
         now: i64,
         events: &mut Vec<IncidentEvent>,
     ) {
+        use EscalationReason::*;
         let released = self.release_holder(inc, now, events, "escalated");
-        inc.state = IncidentState::Escalated;
+        inc.set_state(IncidentState::Escalated);
         inc.escalation = Some(reason);
-        inc.escalation_note = format!("{note}; in the district supervisor queue, family contact to be called");
+        let notified_before = inc.family_notified_ms.is_some();
+        let rung = matches!(reason, NoCaregiverAvailable | AllDeclined | ArrivalOverdue) && !notified_before;
+        inc.escalation_note = if rung || reason == FamilyContact {
+            format!("{note}; in the district supervisor queue, family contact notified")
+        } else if notified_before {
+            format!("{note}; in the district supervisor queue, family contact notified earlier")
+        } else {
+            format!("{note}; in the district supervisor queue")
+        };
+        if reason == FamilyContact {
+            inc.family_notified_ms.get_or_insert(now);
+        }
         inc.escalated_ms = Some(now);
         inc.offer_deadline_ms = None;
         inc.updated_ms = now;
-        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), &inc.escalation_note.clone()));
+        events.push(event(EventKind::Escalated, inc, now, released.as_ref(), &inc.escalation_note));
+        if rung {
+            inc.family_notified_ms = Some(now);
+            let note = "escalation ladder: the elder's family contact and the district supervisor queue notified";
+            events.push(event(EventKind::FamilyNotified, inc, now, None, note));
+        }
     }
 
     /// The ladder's last rung: an emergency-services hand-off record.
@@ -1231,6 +1359,7 @@ impl Dispatcher {
             self.timers.schedule(deadline.unwrap_or_default(), id);
         }
         self.kpis.observe(Some(current), &next);
+        self.kpis.count_escalations(&events);
         if next.state.is_terminal() {
             self.closed.lock().push_back((now, id));
             self.open.remove(&id);
@@ -1309,7 +1438,7 @@ impl Dispatcher {
                     "another caregiver accepted first",
                 ));
             }
-            inc.state = IncidentState::Accepted;
+            inc.set_state(IncidentState::Accepted);
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
             inc.updated_ms = now;
@@ -1346,7 +1475,7 @@ impl Dispatcher {
             Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Pending)?;
             self.release_holder(inc, now, events, "declined");
             inc.declined_by.push(cg.clone());
-            inc.state = IncidentState::Pending;
+            inc.set_state(IncidentState::Pending);
             inc.updated_ms = now;
             events.push(event(EventKind::Declined, inc, now, Some(cg), note));
             self.dispatch(inc, now, events);
@@ -1358,8 +1487,9 @@ impl Dispatcher {
     pub fn arrive(&self, id: IncidentId, cg: &CaregiverId) -> Result<Incident> {
         self.update(id, |inc, now, events| {
             Self::expect_held(inc, cg, IncidentState::Accepted, IncidentState::OnScene)?;
-            inc.state = IncidentState::OnScene;
+            inc.set_state(IncidentState::OnScene);
             inc.arrived_ms = Some(now);
+            inc.last_alert_ms = None; // on-scene alerts count from arrival
             inc.updated_ms = now;
             events.push(event(EventKind::Arrived, inc, now, Some(cg), ""));
             Ok(())
@@ -1375,7 +1505,7 @@ impl Dispatcher {
             }
             Self::check(inc, IncidentState::Resolved)?;
             let released = self.release_holder(inc, now, events, "resolved");
-            inc.state = IncidentState::Resolved;
+            inc.set_state(IncidentState::Resolved);
             inc.outcome = Some(outcome);
             inc.resolution_note = note.to_owned();
             inc.closed_ms = Some(now);
@@ -1406,13 +1536,13 @@ impl Dispatcher {
                     reason: format!("already holds {id}"),
                 });
             }
-            if !slot.try_claim(id, true) {
+            let Some(from) = slot.try_claim_from(id, true) else {
                 let reason = match slot.active_incident() {
                     Some(other) => format!("holds incident {other}"),
                     None => format!("is {:?}", slot.status()).to_lowercase(),
                 };
                 return Err(DispatchError::CaregiverNotFree { caregiver: to.to_string(), reason });
-            }
+            };
             if let Some(prev) = self.release_holder(inc, now, events, "reassigned by a dispatcher") {
                 events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&prev), "reassigned by a dispatcher"));
             }
@@ -1422,6 +1552,7 @@ impl Dispatcher {
                 .unwrap_or(0.0);
             self.offer_to(inc, to, eta, now);
             events.push(event(EventKind::Reassigned, inc, now, Some(to), note));
+            preempted(from, inc, now, to, events);
             Ok(())
         })
     }
@@ -1431,7 +1562,7 @@ impl Dispatcher {
         self.update(id, |inc, now, events| {
             Self::check(inc, IncidentState::Cancelled)?;
             let released = self.release_holder(inc, now, events, "cancelled");
-            inc.state = IncidentState::Cancelled;
+            inc.set_state(IncidentState::Cancelled);
             inc.resolution_note = reason.to_owned();
             inc.closed_ms = Some(now);
             inc.updated_ms = now;
@@ -1441,8 +1572,10 @@ impl Dispatcher {
     }
 
     /// Fires due timers: expired offers go to the next caregiver, overdue
-    /// arrivals are flagged, pending incidents (e.g. after a restart) are
-    /// dispatched. Returns how many incidents changed.
+    /// arrivals are alerted, alerted again and at last escalated, long stays
+    /// on scene are alerted again and again, pending incidents (e.g. after a
+    /// restart) are dispatched, escalated ones handed off. Returns how many
+    /// incidents changed.
     pub fn tick(&self) -> usize {
         let now = self.now_ms();
         let mut due = Vec::new();
@@ -1469,7 +1602,7 @@ impl Dispatcher {
                             inc.declined_by.push(cg.clone());
                         }
                         inc.offer_deadline_ms = None;
-                        inc.state = IncidentState::Pending;
+                        inc.set_state(IncidentState::Pending);
                         inc.updated_ms = now;
                         for cg in &silent {
                             events.push(event(EventKind::OfferExpired, inc, now, Some(cg), "no answer in time"));
@@ -1479,9 +1612,23 @@ impl Dispatcher {
                     Some(Timer::Handoff) => self.hand_off(inc, now, events),
                     Some(Timer::ArrivalOverdue) => {
                         inc.arrival_overdue = true;
-                        inc.updated_ms = now;
-                        let holder = inc.assigned.clone();
-                        events.push(event(EventKind::ArrivalOverdue, inc, now, holder.as_ref(), "arrival overdue"));
+                        self.alert(inc, EventKind::ArrivalOverdue, "arrival overdue", now, events);
+                    }
+                    Some(Timer::ArrivalRealert) => {
+                        let waited = (now - inc.accepted_ms.unwrap_or(now)) / 60_000;
+                        let note = format!("arrival still overdue: accepted {waited} min ago");
+                        self.alert(inc, EventKind::ArrivalOverdue, &note, now, events);
+                    }
+                    Some(Timer::ArrivalEscalate) => {
+                        let waited = (now - inc.accepted_ms.unwrap_or(now)) / 60_000;
+                        let who = inc.assigned.as_ref().map_or_else(String::new, |c| c.to_string());
+                        let note = format!("caregiver {who} accepted {waited} min ago and has not arrived");
+                        self.escalate_in(inc, EscalationReason::ArrivalOverdue, &note, now, events);
+                    }
+                    Some(Timer::OnSceneOverdue) => {
+                        let on_scene = (now - inc.arrived_ms.unwrap_or(now)) / 60_000;
+                        let note = format!("on scene for {} h {:02} min and still open", on_scene / 60, on_scene % 60);
+                        self.alert(inc, EventKind::OnSceneOverdue, &note, now, events);
                     }
                     Some(Timer::Dispatch) => self.dispatch(inc, now, events),
                     None => return Ok(()),
@@ -1512,7 +1659,7 @@ impl Dispatcher {
                 if inc.state != IncidentState::Deferred {
                     return Ok(()); // cancelled or handled by a dispatcher meanwhile
                 }
-                inc.state = IncidentState::Pending;
+                inc.set_state(IncidentState::Pending);
                 inc.updated_ms = now;
                 self.dispatch(inc, now, events);
                 Ok(())
@@ -1537,15 +1684,42 @@ impl Dispatcher {
         self.lanes.deferred.load(Ordering::Acquire)
     }
 
-    /// When the next timer of `inc` is due, if it has one.
+    /// A console alert about a held incident that is taking too long (no
+    /// change of state; the next alert is due a re-alert interval later).
+    fn alert(&self, inc: &mut Incident, kind: EventKind, note: &str, now: i64, events: &mut Vec<IncidentEvent>) {
+        inc.last_alert_ms = Some(now);
+        inc.updated_ms = now;
+        events.push(event(kind, inc, now, inc.assigned.as_ref(), note));
+    }
+
+    /// When an accepted incident's arrival becomes overdue, and when it is
+    /// then escalated.
+    fn arrival_deadlines(&self, inc: &Incident) -> Option<(i64, i64)> {
+        let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
+            + self.config.arrival_overdue_slack_ms;
+        let overdue = inc.accepted_ms? + allowed;
+        Some((overdue, overdue + self.config.arrival_escalate_ms))
+    }
+
+    /// When the next timer of `inc` is due, if it has one. Every state that
+    /// holds a caregiver has one, so no incident is silently stuck.
     fn deadline(&self, inc: &Incident) -> Option<i64> {
+        // A re-alert interval is at least a timer tick (no alert per tick).
+        let every = |ms: i64| ms.max(TIMER_TICK_MS);
         match inc.state {
             IncidentState::Offered => inc.offer_deadline_ms,
-            IncidentState::Accepted if !inc.arrival_overdue => {
-                let allowed = (inc.assigned_eta_s * 1000.0 * self.config.arrival_overdue_factor) as i64
-                    + self.config.arrival_overdue_slack_ms;
-                inc.accepted_ms.map(|a| a + allowed)
+            IncidentState::Accepted => {
+                let (overdue, escalate) = self.arrival_deadlines(inc)?;
+                if !inc.arrival_overdue {
+                    return Some(overdue);
+                }
+                let realert = inc.last_alert_ms.unwrap_or(overdue) + every(self.config.arrival_realert_ms);
+                Some(realert.min(escalate))
             }
+            IncidentState::OnScene => match inc.last_alert_ms {
+                None => inc.arrived_ms.map(|a| a + self.config.on_scene_alert_ms),
+                Some(last) => Some(last + every(self.config.on_scene_realert_ms)),
+            },
             IncidentState::Pending => Some(inc.updated_ms),
             IncidentState::Escalated if inc.escalation != Some(EscalationReason::EmergencyServices) => {
                 let after = match inc.severity {
@@ -1566,7 +1740,12 @@ impl Dispatcher {
         }
         match inc.state {
             IncidentState::Offered => Some(Timer::OfferExpired),
-            IncidentState::Accepted => Some(Timer::ArrivalOverdue),
+            IncidentState::Accepted if !inc.arrival_overdue => Some(Timer::ArrivalOverdue),
+            IncidentState::Accepted => match self.arrival_deadlines(inc) {
+                Some((_, escalate)) if now >= escalate => Some(Timer::ArrivalEscalate),
+                _ => Some(Timer::ArrivalRealert),
+            },
+            IncidentState::OnScene => Some(Timer::OnSceneOverdue),
             IncidentState::Pending => Some(Timer::Dispatch),
             IncidentState::Escalated => Some(Timer::Handoff),
             _ => None,
@@ -1674,7 +1853,7 @@ impl Dispatcher {
             self.next_id.fetch_max(inc.id.0, Ordering::Relaxed);
             let known = self.incidents.contains_key(&inc.id);
             if !known {
-                self.kpis.observe(None, &inc);
+                self.kpis.observe_restored(&inc);
             }
             last_alarm.insert(inc.id, (inc.last_alarm_ms.max(inc.received_ms), inc.state.is_open()));
             self.restore_key(inc.key.clone(), inc.id, &last_alarm, now);
@@ -1721,6 +1900,80 @@ impl Dispatcher {
         };
         if self.keys.insert(key.clone(), Arc::new(Mutex::new(KeyState::Done(id)))).is_none() {
             self.key_log.lock().push_back((at, key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::geo::TravelMode;
+
+    thread_local! {
+        /// Caregivers whose next claim on this thread loses its race.
+        static RACES: RefCell<Vec<CaregiverId>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Takes `slot` for another incident just before this thread claims it,
+    /// if a test asked for that.
+    pub(super) fn lose_race(slot: &CaregiverSlot) {
+        let lost = RACES.with(|r| {
+            let mut r = r.borrow_mut();
+            r.iter().position(|c| *c == slot.id).map(|i| r.swap_remove(i)).is_some()
+        });
+        if lost {
+            assert!(slot.try_claim(IncidentId(u64::MAX), true), "{} was free to take", slot.id);
+        }
+    }
+
+    fn cg(id: &str) -> CaregiverId {
+        CaregiverId::parse("id", id).unwrap()
+    }
+
+    /// Four caregivers north of the alarm, nearest first: a, b, c, d.
+    fn four() -> Dispatcher {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let d = Dispatcher::new(DispatchConfig::default(), Arc::new(NoJournal), Arc::new(NoSink), clock);
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let home = GeoPoint::new("home", 43.880 + 0.001 * i as f64, 125.370).unwrap();
+            d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home, mode: TravelMode::Bike });
+            d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
+        }
+        d
+    }
+
+    fn fall(d: &Dispatcher, key: &str) -> Incident {
+        let alarm = Alarm {
+            key: IdempotencyKey::parse("k", key).unwrap(),
+            elder: ElderId::parse("e", key).unwrap(),
+            device: None,
+            kind: AlarmKind::Fall,
+            location: GeoPoint::new("at", 43.880, 125.370).unwrap(),
+            occurred_ms: 0,
+            detail: String::new(),
+        };
+        d.raise(alarm).unwrap().incident
+    }
+
+    /// A critical alarm whose claim of one of the two nearest loses a race
+    /// (the caregiver was taken between the search and the claim) is still
+    /// offered to two: the next nearest replaces the lost one.
+    #[test]
+    fn a_lost_claim_of_a_critical_offer_is_replaced_by_the_next_nearest() {
+        for (lost, offered) in [("b", ["a", "c"]), ("a", ["b", "c"])] {
+            let d = four();
+            RACES.with(|r| r.borrow_mut().push(cg(lost)));
+            let inc = fall(&d, "k");
+            assert!(RACES.with(|r| r.borrow().is_empty()), "the claim of {lost} was tried");
+            assert_eq!(d.caregiver(&cg(lost)).unwrap().active_incident, Some(IncidentId(u64::MAX)));
+            let held = (inc.assigned.clone(), inc.co_offer.as_ref().map(|c| c.0.clone()));
+            assert_eq!(held, (Some(cg(offered[0])), Some(cg(offered[1]))), "{lost} lost its race");
+            for c in offered {
+                assert_eq!(d.caregiver(&cg(c)).unwrap().active_incident, Some(inc.id));
+            }
+            assert_eq!(d.caregiver(&cg("d")).unwrap().status, CaregiverStatus::Available, "claims stop at two");
         }
     }
 }

@@ -55,9 +55,15 @@ pub struct Incident {
     pub escalation_note: String,
     /// When the incident was escalated (the ladder's clock).
     pub escalated_ms: Option<i64>,
+    /// When the ladder reached the elder's family contact and the district
+    /// supervisor queue (or a dispatcher escalated to the family by hand).
+    pub family_notified_ms: Option<i64>,
     pub repeat_count: u32,
     pub last_alarm_ms: i64,
     pub arrival_overdue: bool,
+    /// The last console alert about the holder taking too long (arrival
+    /// overdue, or a long stay on scene); the next is due an interval later.
+    pub last_alert_ms: Option<i64>,
     pub updated_ms: i64,
     pub deferred_reason: Option<String>,
 }
@@ -92,12 +98,24 @@ impl Incident {
             escalation: None,
             escalation_note: String::new(),
             escalated_ms: None,
+            family_notified_ms: None,
             repeat_count: 0,
             last_alarm_ms: now_ms,
             arrival_overdue: false,
+            last_alert_ms: None,
             updated_ms: now_ms,
             deferred_reason: None,
         }
+    }
+
+    /// Moves the incident to state `to`. Every change of state goes through
+    /// here, checked against the life cycle's one table
+    /// ([`IncidentState::can_transition_to`]); callers check a transition a
+    /// client asks for before they change anything, so a failure here is a
+    /// bug in the dispatcher.
+    pub(crate) fn set_state(&mut self, to: IncidentState) {
+        debug_assert!(self.state.can_transition_to(to), "{} cannot go from {:?} to {to:?}", self.id, self.state);
+        self.state = to;
     }
 }
 
@@ -115,9 +133,20 @@ pub enum EventKind {
     Escalated,
     Reassigned,
     Merged,
+    /// The caregiver has not arrived in time (repeated while it lasts).
     ArrivalOverdue,
     Deferred,
     OfferWithdrawn,
+    /// The escalation ladder's second rung: the elder's family contact and
+    /// the district supervisor queue are notified (once per incident, after
+    /// the ESCALATED event of an automatic escalation).
+    FamilyNotified,
+    /// A console alert: the caregiver has been on scene longer than
+    /// `on_scene_alert_ms` (repeated every `on_scene_realert_ms` until closed).
+    OnSceneOverdue,
+    /// The caregiver offered (or reassigned) the incident was taken off a
+    /// scheduled visit: the scheduler re-plans the visit. Follows the offer.
+    Preempted,
 }
 
 /// One change of one incident: journaled before it is published.

@@ -1,15 +1,21 @@
 //! Telecare KPIs kept as the incidents change, in HDR histograms and
 //! counters, so reading them costs the same after a million incidents as
 //! after ten, and closed incidents can leave memory: time from receipt to
-//! first offer, the share of offered alarms accepted within 60 s and 180 s,
-//! time from acceptance to arrival, escalations by reason, incidents by state.
+//! first offer, the share of alarms accepted within 60 s and 180 s, time from
+//! receipt to arrival (and from acceptance to arrival), escalations by reason,
+//! incidents by state.
+//!
+//! An alarm, for these measures, is one that opened an incident: a retry of
+//! a known key and a repeat merged into an open incident are not separate
+//! alarms (they are counted as `duplicates` and `merged`), and an alarm
+//! refused under overload was never taken in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-use crate::incident::Incident;
+use crate::incident::{EventKind, Incident, IncidentEvent};
 use crate::lifecycle::IncidentState;
 use crate::types::EscalationReason;
 
@@ -41,22 +47,34 @@ pub struct KpiSnapshot {
     /// Open incidents by state (from memory) and closed ones (counted).
     pub incidents_by_state: Vec<(IncidentState, u64)>,
     pub receipt_to_first_offer: Latency,
+    /// Time to arrival, the telecare measure: from receipt of the alarm to
+    /// the caregiver's arrival.
+    pub receipt_to_arrival: Latency,
+    /// The caregiver's part of it: from acceptance to arrival.
     pub acceptance_to_arrival: Latency,
-    /// Incidents offered at least once (the denominator of the acceptance shares).
+    /// Alarms that opened an incident (see the module's note): the
+    /// denominator of the acceptance shares, so an alarm escalated without
+    /// any offer counts as not accepted in time.
+    pub incidents_opened: u64,
+    /// Incidents offered at least once.
     pub offered: u64,
+    /// Incidents accepted within 60 s (180 s) of receipt.
     pub accepted_within_60s: u64,
     pub accepted_within_180s: u64,
-    /// Every escalation and ladder step, by reason.
+    /// Every escalation and ladder step, by reason: each escalation event
+    /// counts, so an incident escalated twice for one reason counts twice.
     pub escalations: Vec<(EscalationReason, u64)>,
 }
 
 impl KpiSnapshot {
+    /// Share of alarms accepted within 60 s of receipt.
     pub fn accepted_within_60s_ratio(&self) -> f64 {
-        ratio(self.accepted_within_60s, self.offered)
+        ratio(self.accepted_within_60s, self.incidents_opened)
     }
 
+    /// Share of alarms accepted within 180 s of receipt.
     pub fn accepted_within_180s_ratio(&self) -> f64 {
-        ratio(self.accepted_within_180s, self.offered)
+        ratio(self.accepted_within_180s, self.incidents_opened)
     }
 
     pub fn open(&self) -> u64 {
@@ -76,6 +94,7 @@ pub(crate) struct Kpis {
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     pub merged: AtomicU64,
+    opened: AtomicU64,
     offered: AtomicU64,
     accepted_60: AtomicU64,
     accepted_180: AtomicU64,
@@ -84,6 +103,7 @@ pub(crate) struct Kpis {
     cancelled: AtomicU64,
     to_first_offer: Mutex<Histogram<u64>>,
     to_arrival: Mutex<Histogram<u64>>,
+    accepted_to_arrival: Mutex<Histogram<u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -110,6 +130,7 @@ impl Default for Kpis {
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             merged: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
             offered: AtomicU64::new(0),
             accepted_60: AtomicU64::new(0),
             accepted_180: AtomicU64::new(0),
@@ -118,15 +139,53 @@ impl Default for Kpis {
             cancelled: AtomicU64::new(0),
             to_first_offer: Mutex::new(histogram()),
             to_arrival: Mutex::new(histogram()),
+            accepted_to_arrival: Mutex::new(histogram()),
         }
     }
 }
 
 impl Kpis {
-    /// Counts what changed from `before` (None: a new or restored incident) to `after`.
+    /// Counts what changed from `before` (None: a new incident) to `after`.
+    /// Escalations are counted from the events: see [`Kpis::count_escalations`].
     pub fn observe(&self, before: Option<&Incident>, after: &Incident) {
         if let Some(ms) = self.count(before, after) {
             record(&self.to_first_offer, ms);
+        }
+    }
+
+    /// Counts an incident read back after a restart (its events are not
+    /// replayed: its latest escalation reason is counted once, and the family
+    /// rung if it was reached).
+    pub fn observe_restored(&self, inc: &Incident) {
+        self.observe(None, inc);
+        if let Some(r) = inc.escalation {
+            self.escalated(r);
+        }
+        if inc.family_notified_ms.is_some() && inc.escalation != Some(EscalationReason::FamilyContact) {
+            self.escalated(EscalationReason::FamilyContact);
+        }
+    }
+
+    /// Counts every escalation event and ladder step of `events` (durable
+    /// ones only): an ESCALATED event by the reason it recorded, the family
+    /// rung (FAMILY_NOTIFIED) as `FamilyContact`.
+    pub fn count_escalations(&self, events: &[IncidentEvent]) {
+        for e in events {
+            match e.kind {
+                EventKind::Escalated => {
+                    if let Some(r) = e.incident.escalation {
+                        self.escalated(r);
+                    }
+                }
+                EventKind::FamilyNotified => self.escalated(EscalationReason::FamilyContact),
+                _ => {}
+            }
+        }
+    }
+
+    fn escalated(&self, r: EscalationReason) {
+        if let Some(i) = REASONS.iter().position(|x| *x == r) {
+            self.escalations[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -150,6 +209,9 @@ impl Kpis {
     /// incident offered for the first time, which it returns.
     fn count(&self, before: Option<&Incident>, after: &Incident) -> Option<i64> {
         let newly = |f: fn(&Incident) -> Option<i64>| f(after).filter(|_| before.and_then(f).is_none());
+        if before.is_none() {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
         let first_offer = newly(|i| i.first_offered_ms).map(|t| {
             self.offered.fetch_add(1, Ordering::Relaxed);
             t - after.received_ms
@@ -163,12 +225,10 @@ impl Kpis {
                 self.accepted_180.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if let (Some(t), Some(a)) = (newly(|i| i.arrived_ms), after.accepted_ms) {
-            record(&self.to_arrival, t - a);
-        }
-        if let Some(r) = after.escalation.filter(|r| before.and_then(|b| b.escalation) != Some(*r)) {
-            if let Some(i) = REASONS.iter().position(|x| *x == r) {
-                self.escalations[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = newly(|i| i.arrived_ms) {
+            record(&self.to_arrival, t - after.received_ms);
+            if let Some(a) = after.accepted_ms {
+                record(&self.accepted_to_arrival, t - a);
             }
         }
         if before.map(|b| b.state) != Some(after.state) {
@@ -202,7 +262,9 @@ impl Kpis {
             merged: self.merged.load(Ordering::Relaxed),
             incidents_by_state: by_state,
             receipt_to_first_offer: latency(&self.to_first_offer),
-            acceptance_to_arrival: latency(&self.to_arrival),
+            receipt_to_arrival: latency(&self.to_arrival),
+            acceptance_to_arrival: latency(&self.accepted_to_arrival),
+            incidents_opened: self.opened.load(Ordering::Relaxed),
             offered: self.offered.load(Ordering::Relaxed),
             accepted_within_60s: self.accepted_60.load(Ordering::Relaxed),
             accepted_within_180s: self.accepted_180.load(Ordering::Relaxed),

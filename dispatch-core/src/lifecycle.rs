@@ -8,6 +8,8 @@
 //!   └── Deferred (routine alarms under overload)
 //! ```
 //! Any non-terminal state may be Cancelled. Resolved and Cancelled are terminal.
+//! The dispatcher changes a state only through `Incident::set_state`, which
+//! checks it against this table.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IncidentState {

@@ -182,6 +182,12 @@ impl CaregiverSlot {
     /// Takes the caregiver for `incident`: succeeds only if the caregiver is
     /// `Available` (or `OnVisit` when `preempt_visit`), atomically.
     pub fn try_claim(&self, incident: IncidentId, preempt_visit: bool) -> bool {
+        self.try_claim_from(incident, preempt_visit).is_some()
+    }
+
+    /// [`try_claim`](Self::try_claim), answering the status the caregiver
+    /// was taken from: `OnVisit` is a scheduled visit pre-empted.
+    pub fn try_claim_from(&self, incident: IncidentId, preempt_visit: bool) -> Option<CaregiverStatus> {
         let busy = CaregiverStatus::Busy as u8;
         self.enter(busy);
         let from = [CaregiverStatus::Available, CaregiverStatus::OnVisit]
@@ -194,7 +200,7 @@ impl CaregiverSlot {
             let prev = self.active.swap(incident.0, Ordering::AcqRel);
             debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
         }
-        claimed
+        from
     }
 
     /// Frees the caregiver if, and only if, `incident` holds it. Returns whether it did.
@@ -365,7 +371,9 @@ mod tests {
         assert_eq!(s.status(), CaregiverStatus::Available);
         s.set_duty(CaregiverStatus::OnVisit).unwrap();
         assert!(!s.try_claim(IncidentId(3), false));
-        assert!(s.try_claim(IncidentId(3), true));
+        assert_eq!(s.try_claim_from(IncidentId(3), true), Some(CaregiverStatus::OnVisit), "a visit pre-empted");
+        assert!(s.release(IncidentId(3)));
+        assert_eq!(s.try_claim_from(IncidentId(4), true), Some(CaregiverStatus::Available));
     }
 
     #[test]

@@ -148,7 +148,12 @@ pub enum EscalationReason {
     AllDeclined,
     ArrivalOverdue,
     Manual,
+    /// A dispatcher escalated to the elder's family by hand. The ladder's own
+    /// family rung keeps the reason the incident was escalated for and is
+    /// recorded as `Incident::family_notified_ms` and a FAMILY_NOTIFIED event;
+    /// the KPIs count both under this reason.
     FamilyContact,
+    /// The ladder's last rung: a 120/119 hand-off record.
     EmergencyServices,
 }
 

@@ -2,6 +2,7 @@
 //! dedup and merge, timers on a manual clock, journal failures, and a
 //! concurrency stress test of the one-incident-per-caregiver invariant.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -75,6 +76,30 @@ fn alarm(key: &str, kind: AlarmKind, lat: f64, lon: f64) -> Alarm {
     }
 }
 
+/// Checks the events of each incident, in journal order: the first is
+/// CREATED in PENDING, and every change of state between consecutive events
+/// is one the life cycle's table allows (events that change no state, such
+/// as MERGED, are not transitions). Returns the transitions seen and each
+/// incident's last state.
+fn assert_life_cycles(
+    events: &[IncidentEvent],
+) -> (HashSet<(IncidentState, IncidentState)>, HashMap<IncidentId, IncidentState>) {
+    let mut seen = HashSet::new();
+    let mut last = HashMap::new();
+    for e in events {
+        let to = e.incident.state;
+        match last.insert(e.incident.id, to) {
+            None => assert_eq!((e.kind, to), (EventKind::Created, IncidentState::Pending), "{}", e.incident.id),
+            Some(from) if from != to => {
+                assert!(from.can_transition_to(to), "{}: {from:?} -> {to:?} by {:?}", e.incident.id, e.kind);
+                seen.insert((from, to));
+            }
+            Some(_) => {}
+        }
+    }
+    (seen, last)
+}
+
 #[test]
 fn raise_accept_arrive_resolve_frees_the_caregiver() {
     let r = rig(&[("near", 43.880, 125.370), ("far", 43.900, 125.400)]);
@@ -96,6 +121,92 @@ fn raise_accept_arrive_resolve_frees_the_caregiver() {
         [EventKind::Created, EventKind::Offered, EventKind::Accepted, EventKind::Arrived, EventKind::Resolved]
     );
     assert!(r.d.resolve(inc.id, None, Outcome::Other, "").is_err(), "resolved is terminal");
+}
+
+/// A varied day (offers, declines, expiries, two live offers, accept,
+/// arrive, resolve, reassign, cancel, deferral, escalation and hand-off):
+/// every change of state the journal records is one the life cycle allows,
+/// and every incident ends resolved, cancelled or escalated.
+#[test]
+fn every_change_of_state_in_the_journal_is_an_allowed_transition() {
+    use IncidentState::*;
+    let config = DispatchConfig { routine_lane: 0, ..Default::default() };
+    let r = rig_with(config, &[("a", 43.880, 125.370), ("b", 43.885, 125.370), ("c", 43.890, 125.370)]);
+    let (a, b, c) = (cg("a"), cg("b"), cg("c"));
+    let at = |key: &str, kind| alarm(key, kind, 43.880, 125.370);
+    // Declined, expired, accepted with a repeat merged in, arrived, resolved.
+    let i1 = r.d.raise(at("i1", AlarmKind::Inactivity)).unwrap().incident;
+    r.d.decline(i1.id, &a, "").unwrap();
+    r.clock.advance(61_000);
+    r.d.tick();
+    assert_eq!(r.d.incident(i1.id).unwrap().assigned, Some(c.clone()));
+    r.d.accept(i1.id, &c).unwrap();
+    assert!(
+        r.d.raise(Alarm { key: IdempotencyKey::parse("k", "i1-again").unwrap(), ..at("i1", AlarmKind::Inactivity) })
+            .unwrap()
+            .merged
+    );
+    r.d.arrive(i1.id, &c).unwrap();
+    r.d.resolve(i1.id, Some(&c), Outcome::Assisted, "").unwrap();
+    // Two live offers, the first accept wins; reassigned by a dispatcher; cancelled.
+    let i2 = r.d.raise(at("i2", AlarmKind::Fall)).unwrap().incident;
+    r.d.accept(i2.id, &b).unwrap();
+    r.d.reassign(i2.id, &c, "c is closer now").unwrap();
+    r.d.cancel(i2.id, "the elder got up").unwrap();
+    // Deferred, dispatched by a tick, declined by all, reassigned, on scene, escalated by hand, resolved.
+    let i3 = r.d.raise(at("i3", AlarmKind::LowBattery)).unwrap().incident;
+    assert_eq!(i3.state, Deferred);
+    r.d.tick();
+    for _ in 0..3 {
+        let holder = r.d.incident(i3.id).unwrap().assigned.unwrap();
+        r.d.decline(i3.id, &holder, "").unwrap();
+    }
+    assert_eq!(r.d.incident(i3.id).unwrap().state, Escalated);
+    r.d.reassign(i3.id, &a, "").unwrap();
+    r.d.accept(i3.id, &a).unwrap();
+    r.d.arrive(i3.id, &a).unwrap();
+    r.d.escalate(i3.id, EscalationReason::Manual, "needs a nurse").unwrap();
+    r.d.resolve(i3.id, None, Outcome::HospitalTransfer, "").unwrap();
+    // Everyone busy: nobody for i6, handed off to 119, then cancelled; i5 overdue and
+    // closed by a dispatcher; i4's two offers expire and it is escalated.
+    let i4 = r.d.raise(at("i4", AlarmKind::Gas)).unwrap().incident;
+    let i5 = r.d.raise(at("i5", AlarmKind::Wandering)).unwrap().incident;
+    let i6 = r.d.raise(at("i6", AlarmKind::Smoke)).unwrap().incident;
+    assert_eq!((i4.state, i5.state, i6.state), (Offered, Offered, Escalated));
+    r.d.accept(i5.id, &i5.assigned.clone().unwrap()).unwrap();
+    r.clock.advance(r.d.config().handoff_critical_ms);
+    r.d.tick();
+    assert_eq!(r.d.incident(i6.id).unwrap().escalation, Some(EscalationReason::EmergencyServices));
+    r.d.cancel(i6.id, "119 attended").unwrap();
+    r.clock.advance(3_600_000);
+    r.d.tick();
+    assert!(r.d.incident(i5.id).unwrap().arrival_overdue);
+    r.d.resolve(i5.id, None, Outcome::FamilyHandled, "").unwrap();
+
+    let (seen, last) = assert_life_cycles(&r.journal.events.lock().unwrap());
+    for t in [
+        (Pending, Offered),
+        (Offered, Pending),
+        (Offered, Accepted),
+        (Accepted, OnScene),
+        (OnScene, Resolved),
+        (Accepted, Offered),
+        (Offered, Cancelled),
+        (Pending, Deferred),
+        (Deferred, Offered),
+        (Pending, Escalated),
+        (Escalated, Offered),
+        (OnScene, Escalated),
+        (Escalated, Resolved),
+        (Escalated, Cancelled),
+        (Accepted, Resolved),
+    ] {
+        assert!(seen.contains(&t), "the scenario never went {:?} -> {:?}", t.0, t.1);
+    }
+    assert_eq!(last.len(), 6);
+    for (id, state) in last {
+        assert!(matches!(state, Resolved | Cancelled | Escalated), "{id} left {state:?}");
+    }
 }
 
 #[test]
@@ -176,6 +287,29 @@ fn a_batch_is_journalled_per_run_and_answered_in_order() {
     let fresh: Vec<Alarm> = (0..50).map(|i| alarm(&format!("n{i}"), AlarmKind::LowBattery, 43.9, 125.4)).collect();
     assert!(r.d.raise_batch(fresh).iter().all(|o| o.as_ref().is_ok_and(|o| !o.duplicate && !o.merged)));
     assert_eq!(r.journal.appends.load(Ordering::SeqCst), 3);
+}
+
+/// Critical always goes first: a batch is taken in by severity, so a
+/// routine and an urgent alarm ahead of a critical one in the same batch do
+/// not take the one free caregiver from it; answers keep the batch's order.
+#[test]
+fn a_batch_takes_critical_alarms_in_first_and_answers_in_order() {
+    let r = rig(&[("only", 43.880, 125.370)]);
+    let batch = vec![
+        alarm("routine", AlarmKind::LowBattery, 43.880, 125.370),
+        alarm("urgent", AlarmKind::Inactivity, 43.880, 125.370),
+        alarm("critical", AlarmKind::Fall, 43.881, 125.371),
+        alarm("urgent2", AlarmKind::Wandering, 43.880, 125.370),
+    ];
+    let out: Vec<Incident> = r.d.raise_batch(batch).into_iter().map(|o| o.unwrap().incident).collect();
+    let keys: Vec<&str> = out.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["routine", "urgent", "critical", "urgent2"], "answers in the caller's order");
+    assert_eq!((out[2].state, out[2].assigned.clone()), (IncidentState::Offered, Some(cg("only"))));
+    for i in [&out[0], &out[1], &out[3]] {
+        assert_eq!(i.state, IncidentState::Escalated, "{} found nobody left", i.key.as_str());
+    }
+    // Arrival order within a severity: the first urgent alarm was opened before the second.
+    assert!(out[1].id < out[3].id && out[2].id < out[1].id && out[3].id < out[0].id, "{out:?}");
 }
 
 /// Repeats of one source inside one batch merge into the incident the first
@@ -405,7 +539,7 @@ fn try_next_run_gives_up_where_next_run_would_wait() {
     };
     let mut second = d.intake(vec![repeat("k1")]);
     let in_flight = run_in_flight(&mut second);
-    let mut third = d.intake(vec![repeat("k2"), alarm("k3", AlarmKind::SosButton, 43.880, 125.37)]);
+    let mut third = d.intake(vec![repeat("k2"), alarm("k3", AlarmKind::Inactivity, 43.880, 125.37)]);
     assert!(matches!(d.try_next_run(&mut third), Err(WouldWait)));
     commit(&mut second, in_flight);
     let run = run_in_flight(&mut third);
@@ -479,6 +613,90 @@ fn offer_timeout_moves_on_and_arrival_overdue_is_flagged() {
     assert_eq!(overdue, 1, "flagged once");
 }
 
+/// Never silently stuck, accepted: an overdue arrival is alerted, alerted
+/// again every `arrival_realert_ms`, and `arrival_escalate_ms` after it
+/// became overdue escalated to the supervisor queue (the caregiver released),
+/// where the ladder goes on to the hand-off.
+#[test]
+fn an_overdue_arrival_is_alerted_again_then_escalated_to_the_supervisor() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let config = r.d.config().clone();
+    let inc = r.d.raise(alarm("k", AlarmKind::Wandering, 43.881, 125.371)).unwrap().incident;
+    let accepted = r.d.accept(inc.id, &cg("a")).unwrap();
+    let overdue = accepted.accepted_ms.unwrap()
+        + (accepted.assigned_eta_s * 1000.0 * config.arrival_overdue_factor) as i64
+        + config.arrival_overdue_slack_ms;
+    let alerts =
+        |r: &Rig| r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::ArrivalOverdue).count();
+    let step_to = |r: &Rig, at: i64| {
+        r.clock.advance(at - r.clock.now_ms());
+        r.d.tick();
+        r.d.incident(inc.id).unwrap()
+    };
+    assert!(!step_to(&r, overdue - 1).arrival_overdue);
+    assert!(step_to(&r, overdue).arrival_overdue);
+    assert_eq!(alerts(&r), 1);
+    step_to(&r, overdue + config.arrival_realert_ms - 1);
+    assert_eq!(alerts(&r), 1, "not re-alerted early");
+    step_to(&r, overdue + config.arrival_realert_ms);
+    assert_eq!(alerts(&r), 2, "re-alerted");
+    assert_eq!(step_to(&r, overdue + config.arrival_escalate_ms - 1).state, IncidentState::Accepted);
+    let escalated = step_to(&r, overdue + config.arrival_escalate_ms);
+    assert_eq!(alerts(&r), (config.arrival_escalate_ms / config.arrival_realert_ms) as usize);
+    assert_eq!(
+        (escalated.state, escalated.escalation),
+        (IncidentState::Escalated, Some(EscalationReason::ArrivalOverdue))
+    );
+    assert!(escalated.escalation_note.contains("has not arrived"), "{}", escalated.escalation_note);
+    assert_eq!(r.d.caregiver(&cg("a")).unwrap().status, CaregiverStatus::Available);
+    let handed = step_to(&r, overdue + config.arrival_escalate_ms + config.handoff_urgent_ms);
+    assert_eq!(handed.escalation, Some(EscalationReason::EmergencyServices));
+    let (_, last) = assert_life_cycles(&r.journal.events.lock().unwrap());
+    assert_eq!(last[&inc.id], IncidentState::Escalated);
+}
+
+/// Never silently stuck, on scene: an incident open on scene past the limit
+/// alerts the console, and again every interval until it is closed.
+#[test]
+fn a_long_stay_on_scene_alerts_the_console_until_it_is_closed() {
+    let config = DispatchConfig { on_scene_alert_ms: 3_600_000, on_scene_realert_ms: 600_000, ..Default::default() };
+    let r = rig_with(config, &[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    r.d.accept(inc.id, &cg("a")).unwrap();
+    r.clock.advance(60_000);
+    let arrived = r.d.arrive(inc.id, &cg("a")).unwrap().arrived_ms.unwrap();
+    let alerts = |r: &Rig| {
+        r.journal
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::OnSceneOverdue)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let step_to = |r: &Rig, at: i64| {
+        r.clock.advance(at - r.clock.now_ms());
+        r.d.tick();
+    };
+    step_to(&r, arrived + 3_600_000 - 1);
+    assert!(alerts(&r).is_empty(), "not before the limit");
+    step_to(&r, arrived + 3_600_000);
+    let first = alerts(&r);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].caregiver, Some(cg("a")));
+    assert!(first[0].note.contains("on scene for 1 h 00 min"), "{}", first[0].note);
+    assert_eq!(first[0].incident.state, IncidentState::OnScene, "an alert changes no state");
+    step_to(&r, arrived + 3_600_000 + 600_000 - 1);
+    assert_eq!(alerts(&r).len(), 1);
+    step_to(&r, arrived + 3_600_000 + 600_000);
+    step_to(&r, arrived + 3_600_000 + 1_200_000);
+    assert_eq!(alerts(&r).len(), 3, "repeated every interval");
+    r.d.resolve(inc.id, Some(&cg("a")), Outcome::Assisted, "").unwrap();
+    step_to(&r, arrived + 24 * 3_600_000);
+    assert_eq!(alerts(&r).len(), 3, "silent once closed");
+}
+
 #[test]
 fn a_failed_journal_write_changes_nothing_and_the_key_can_be_retried() {
     let r = rig(&[("a", 43.880, 125.370), ("b", 43.885, 125.375)]);
@@ -536,6 +754,43 @@ fn critical_alarms_go_to_the_two_nearest_and_the_first_accept_wins() {
     assert_eq!(moved.state, IncidentState::Escalated, "b is busy with the first incident");
 }
 
+/// A caregiver on a scheduled visit taken for a critical alarm (or by a
+/// dispatcher's reassignment) is a PREEMPTED event naming the caregiver, for
+/// the scheduler; a caregiver who was free is not, and urgent alarms leave
+/// visits alone.
+#[test]
+fn preempting_a_scheduled_visit_is_an_event_naming_the_caregiver() {
+    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370), ("later", 43.95, 125.45)]);
+    r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
+    let urgent = r.d.raise(alarm("u", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(urgent.assigned, Some(cg("free")), "an urgent alarm does not pre-empt a visit");
+    r.d.cancel(urgent.id, "").unwrap();
+    let fall = r.d.raise(alarm("f", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!(fall.assigned, Some(cg("visit")));
+    assert_eq!(fall.co_offer.as_ref().map(|c| c.0.clone()), Some(cg("free")));
+    let of = |r: &Rig, id: IncidentId| -> Vec<(EventKind, Option<CaregiverId>)> {
+        let events = r.journal.events.lock().unwrap();
+        events.iter().filter(|e| e.incident.id == id).map(|e| (e.kind, e.caregiver.clone())).collect()
+    };
+    assert_eq!(
+        of(&r, fall.id),
+        [
+            (EventKind::Created, None),
+            (EventKind::Offered, Some(cg("visit"))),
+            (EventKind::Preempted, Some(cg("visit"))),
+            (EventKind::Offered, Some(cg("free"))),
+        ]
+    );
+    // A dispatcher reassigning to a caregiver on a visit pre-empts it too.
+    r.d.set_status(&cg("later"), CaregiverStatus::OnVisit, None).unwrap();
+    let lost = r.d.raise(alarm("w", AlarmKind::Wandering, 43.95, 125.45)).unwrap().incident;
+    assert_eq!(lost.state, IncidentState::Escalated);
+    r.d.reassign(lost.id, &cg("later"), "nearest").unwrap();
+    assert_eq!(of(&r, lost.id).last(), Some(&(EventKind::Preempted, Some(cg("later")))));
+    let preemptions = r.journal.events.lock().unwrap().iter().filter(|e| e.kind == EventKind::Preempted).count();
+    assert_eq!(preemptions, 2);
+}
+
 #[test]
 fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
     // 'far' is 45 km away: beyond the usual 30 km, within the wide 60 km.
@@ -583,6 +838,53 @@ fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
         r.d.resolve(fall.id, None, Outcome::HospitalTransfer, "120 took her").unwrap().state,
         IncidentState::Resolved
     );
+}
+
+/// The ladder's second rung is recorded, not just written in a note: an
+/// incident the ladder escalates keeps its reason, and a FAMILY_NOTIFIED
+/// event (once per incident) records that the elder's family contact and the
+/// supervisor queue were notified; the KPIs count it by reason. A dispatcher
+/// escalating by hand decides on the family himself.
+#[test]
+fn the_ladder_notifies_the_family_contact_and_supervisor_queue_once() {
+    let r = rig(&[]);
+    let inc = r.d.raise(alarm("f", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((inc.state, inc.escalation), (IncidentState::Escalated, Some(EscalationReason::NoCaregiverAvailable)));
+    assert_eq!(inc.family_notified_ms, Some(r.clock.now_ms()));
+    assert!(inc.escalation_note.ends_with("in the district supervisor queue, family contact notified"));
+    let of = |r: &Rig, id: IncidentId| -> Vec<(EventKind, Option<EscalationReason>)> {
+        let events = r.journal.events.lock().unwrap();
+        events.iter().filter(|e| e.incident.id == id).map(|e| (e.kind, e.incident.escalation)).collect()
+    };
+    let reason = Some(EscalationReason::NoCaregiverAvailable);
+    assert_eq!(
+        of(&r, inc.id),
+        [(EventKind::Created, None), (EventKind::Escalated, reason), (EventKind::FamilyNotified, reason)]
+    );
+    // Handed to a caregiver who declines: escalated again, the family is not called twice.
+    r.d.upsert_caregiver(CaregiverProfile {
+        id: cg("a"),
+        skills: vec![],
+        home: p(43.88, 125.37),
+        mode: TravelMode::Bike,
+    });
+    r.d.set_status(&cg("a"), CaregiverStatus::Available, None).unwrap();
+    r.d.reassign(inc.id, &cg("a"), "").unwrap();
+    let again = r.d.decline(inc.id, &cg("a"), "").unwrap();
+    assert_eq!(again.escalation, Some(EscalationReason::AllDeclined));
+    assert!(again.escalation_note.ends_with("family contact notified earlier"), "{}", again.escalation_note);
+    assert_eq!(of(&r, inc.id).iter().filter(|(k, _)| *k == EventKind::FamilyNotified).count(), 1);
+    // A dispatcher's own escalation takes no rung.
+    let other = r.d.raise(alarm("w", AlarmKind::Wandering, 43.880, 125.370)).unwrap().incident;
+    let by_hand = r.d.escalate(other.id, EscalationReason::Manual, "odd readings").unwrap();
+    assert_eq!(by_hand.family_notified_ms, None);
+    assert!(!of(&r, other.id).iter().any(|(k, _)| *k == EventKind::FamilyNotified));
+    let k = r.d.kpis();
+    let count = |reason| k.escalations.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
+    assert_eq!(count(EscalationReason::NoCaregiverAvailable), 1);
+    assert_eq!(count(EscalationReason::AllDeclined), 1);
+    assert_eq!(count(EscalationReason::Manual), 1);
+    assert_eq!(count(EscalationReason::FamilyContact), 1);
 }
 
 #[test]
@@ -657,6 +959,63 @@ fn closed_incidents_leave_memory_but_not_the_record_and_kpis_keep_counting() {
     assert!((k.acceptance_to_arrival.p50_ms - 240_000.0).abs() < 240.0, "{:?}", k.acceptance_to_arrival);
     assert_eq!(k.incidents_by_state.iter().find(|(s, _)| *s == IncidentState::Resolved).unwrap().1, 1);
     assert_eq!(k.open(), 0);
+}
+
+/// The answer-time shares are of every alarm: one escalated with no offer
+/// at all counts as not accepted in time; a merged repeat is not an alarm of
+/// its own, and neither is a retried key.
+#[test]
+fn acceptance_shares_count_alarms_escalated_without_an_offer_but_not_repeats() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let taken = r.d.raise(alarm("k1", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    let missed = r.d.raise(alarm("k2", AlarmKind::Wandering, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((missed.state, missed.first_offered_ms), (IncidentState::Escalated, None), "a is busy");
+    let repeat = Alarm {
+        key: IdempotencyKey::parse("k", "k2-again").unwrap(),
+        ..alarm("k2", AlarmKind::Wandering, 43.88, 125.37)
+    };
+    assert!(r.d.raise(repeat).unwrap().merged);
+    assert!(r.d.raise(alarm("k2", AlarmKind::Wandering, 43.880, 125.370)).unwrap().duplicate);
+    r.clock.advance(30_000);
+    r.d.accept(taken.id, &cg("a")).unwrap();
+    let k = r.d.kpis();
+    assert_eq!((k.alarms_received, k.merged, k.duplicates), (4, 1, 1));
+    assert_eq!((k.incidents_opened, k.offered, k.accepted_within_60s, k.accepted_within_180s), (2, 1, 1, 1));
+    assert_eq!((k.accepted_within_60s_ratio(), k.accepted_within_180s_ratio()), (0.5, 0.5));
+}
+
+/// Time to arrival is measured from receipt of the alarm (the telecare
+/// measure), with the caregiver's part, from acceptance, kept apart.
+#[test]
+fn time_to_arrival_runs_from_receipt_of_the_alarm() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    r.clock.advance(40_000);
+    r.d.accept(inc.id, &cg("a")).unwrap();
+    r.clock.advance(200_000);
+    r.d.arrive(inc.id, &cg("a")).unwrap();
+    let k = r.d.kpis();
+    assert_eq!((k.receipt_to_arrival.count, k.acceptance_to_arrival.count), (1, 1));
+    assert!((k.receipt_to_arrival.p50_ms - 240_000.0).abs() < 240.0, "{:?}", k.receipt_to_arrival);
+    assert!((k.acceptance_to_arrival.p50_ms - 200_000.0).abs() < 200.0, "{:?}", k.acceptance_to_arrival);
+}
+
+/// Escalations by reason count every escalation: an incident a dispatcher
+/// hands on that is declined again is escalated again, for the same reason.
+#[test]
+fn every_escalation_counts_even_for_the_same_reason_twice() {
+    let r = rig(&[("a", 43.880, 125.370)]);
+    let inc = r.d.raise(alarm("k", AlarmKind::Inactivity, 43.880, 125.370)).unwrap().incident;
+    let escalations = |r: &Rig| {
+        let k = r.d.kpis();
+        k.escalations.iter().find(|(e, _)| *e == EscalationReason::AllDeclined).map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(r.d.decline(inc.id, &cg("a"), "").unwrap().escalation, Some(EscalationReason::AllDeclined));
+    assert_eq!(escalations(&r), 1);
+    r.d.reassign(inc.id, &cg("a"), "please go after all").unwrap();
+    let again = r.d.decline(inc.id, &cg("a"), "still cannot").unwrap();
+    assert_eq!((again.state, again.escalation), (IncidentState::Escalated, Some(EscalationReason::AllDeclined)));
+    assert_eq!(escalations(&r), 2);
 }
 
 /// Memory stays bounded in a storm: closed incidents beyond the cap leave
@@ -782,5 +1141,111 @@ fn stress_one_incident_per_caregiver() {
         let v = r.d.caregiver(&cg(&format!("c{c}"))).unwrap();
         assert_eq!(v.active_incident, holders.get(&v.profile.id).copied());
         assert_eq!(v.status == CaregiverStatus::Busy, v.active_incident.is_some());
+    }
+}
+
+/// Offer expiry racing the caregivers: worker threads raise alarms and act on
+/// each two alarms later (decline, accept and close, or resolve or cancel as a
+/// dispatcher, on either of two live offers) while another thread moves the
+/// simulated clock on and fires the timers, so offers expire and incidents
+/// move on or escalate under their feet. No caregiver is
+/// ever claimed while holding an incident (the roster's claim asserts it),
+/// every change of state the journal records is an allowed transition, and
+/// once the timers have run out every incident is resolved, cancelled or
+/// escalated and every caregiver free again.
+#[test]
+fn stress_offer_expiry_races_accept_and_decline() {
+    const WORKERS: usize = 6;
+    const ALARMS: usize = 400;
+    let caregivers: Vec<(String, f64, f64)> =
+        (0..10).map(|i| (format!("c{i}"), 43.88 + i as f64 * 0.001, 125.37)).collect();
+    let refs: Vec<(&str, f64, f64)> = caregivers.iter().map(|(s, a, b)| (s.as_str(), *a, *b)).collect();
+    // Offers expire after two to four of the ticker's steps.
+    let r = Arc::new(rig_with(DispatchConfig { offer_timeout_ms: 20_000, ..Default::default() }, &refs));
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (r, done) = (r.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut ticks = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                r.clock.advance(5_000 + (ticks % 3) as i64 * 2_500);
+                r.d.tick();
+                ticks += 1;
+                std::thread::yield_now();
+            }
+            ticks
+        })
+    };
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut waiting = std::collections::VecDeque::new();
+                let act = |n: usize, id: IncidentId| {
+                    let Some(inc) = r.d.incident(id) else { return };
+                    let co = inc.co_offer.as_ref().map(|c| c.0.clone());
+                    let Some(holder) =
+                        (if n.is_multiple_of(2) { co.or(inc.assigned.clone()) } else { inc.assigned.clone() })
+                    else {
+                        return;
+                    };
+                    // Any of these may lose a race with a timer: that is the point.
+                    let _ = match n % 5 {
+                        0 => r.d.decline(id, &holder, "busy"),
+                        1 => {
+                            r.d.accept(id, &holder)
+                                .and_then(|_| r.d.arrive(id, &holder))
+                                .and_then(|_| r.d.resolve(id, Some(&holder), Outcome::Assisted, ""))
+                        }
+                        2 => r.d.accept(id, &holder).and_then(|_| r.d.resolve(id, None, Outcome::FamilyHandled, "")),
+                        3 => r.d.resolve(id, None, Outcome::FalseAlarm, ""),
+                        _ => r.d.cancel(id, "elder called back"),
+                    };
+                };
+                for n in 0..ALARMS {
+                    let key = format!("t{t}-{n}");
+                    let inc = r.d.raise(alarm(&key, AlarmKind::ALL[n % 9], 43.88, 125.37)).unwrap().incident;
+                    waiting.push_back((n, inc.id));
+                    std::thread::yield_now(); // let the ticker in between raise and action
+                    if waiting.len() > 2 {
+                        let (n, id) = waiting.pop_front().unwrap();
+                        act(n, id);
+                    }
+                }
+                for (n, id) in waiting {
+                    act(n, id);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(ticker.join().unwrap() > 0);
+    // Let every timer run out: offers expire into escalation, accepted ones become overdue and escalate.
+    for _ in 0..40 {
+        r.clock.advance(600_000);
+        r.d.tick();
+    }
+    let events = r.journal.events.lock().unwrap().clone();
+    let (_, last) = assert_life_cycles(&events);
+    assert_eq!(last.len(), WORKERS * ALARMS);
+    for &id in last.keys() {
+        // Closed ones have left memory by now: read back from the journal.
+        let inc = r.d.incident(id).unwrap();
+        assert!(
+            matches!(inc.state, IncidentState::Resolved | IncidentState::Cancelled | IncidentState::Escalated),
+            "{id} left {:?}",
+            inc.state
+        );
+        assert!(inc.assigned.is_none() && inc.co_offer.is_none(), "{id} still holds a caregiver");
+    }
+    for (c, _, _) in &caregivers {
+        let v = r.d.caregiver(&cg(c)).unwrap();
+        assert_eq!((v.status, v.active_incident), (CaregiverStatus::Available, None), "{c}");
+    }
+    for kind in [EventKind::OfferExpired, EventKind::Accepted, EventKind::Declined, EventKind::Resolved] {
+        assert!(events.iter().any(|e| e.kind == kind), "no {kind:?} in the run");
     }
 }

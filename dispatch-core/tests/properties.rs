@@ -1,9 +1,10 @@
 //! Property tests on a simulated clock (no sleeps): intake deduplication and
-//! merging against a model, and the timer ladder (offer expiry -> next
+//! merging against a model (one alarm at a time, and in batches with
+//! incidents closing in between), and the timer ladder (offer expiry -> next
 //! caregiver -> escalation; arrival overdue) against the deadlines it owes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dispatch_core::*;
 use proptest::prelude::*;
@@ -47,6 +48,50 @@ fn raises() -> impl Strategy<Value = Vec<Raise>> {
 }
 
 const KINDS: [AlarmKind; 3] = [AlarmKind::SosButton, AlarmKind::Inactivity, AlarmKind::LowBattery];
+
+/// A journal that keeps each incident's last snapshot, so closed incidents
+/// evicted from memory are still found by a retry of their key.
+#[derive(Default)]
+struct LastJournal(Mutex<HashMap<IncidentId, Incident>>);
+
+impl Journal for LastJournal {
+    fn append(&self, events: &[IncidentEvent]) -> Result<(), String> {
+        let mut last = self.0.lock().unwrap();
+        for e in events {
+            last.insert(e.incident.id, e.incident.clone());
+        }
+        Ok(())
+    }
+
+    fn load(&self, id: IncidentId) -> Option<Incident> {
+        self.0.lock().unwrap().get(&id).cloned()
+    }
+}
+
+/// One alarm of a property test: key, device, kind (each a small number, so
+/// they collide).
+type Al = (u8, u8, u8);
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// One alarm goes through `raise`, several through one `raise_batch`.
+    Raise(Vec<Al>),
+    /// A dispatcher closes the open incident of (device, kind), if any:
+    /// resolved or cancelled.
+    Close(u8, u8, bool),
+    /// The clock moves on (seconds), and timers fire if asked.
+    Advance(u16, bool),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let al = (0u8..14, 0u8..3, 0u8..3);
+    let op = prop_oneof![
+        4 => proptest::collection::vec(al, 1..8).prop_map(Op::Raise),
+        1 => (0u8..3, 0u8..3, any::<bool>()).prop_map(|(d, k, r)| Op::Close(d, k, r)),
+        2 => (0u16..200, any::<bool>()).prop_map(|(s, t)| Op::Advance(s, t)),
+    ];
+    proptest::collection::vec(op, 1..40)
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
@@ -97,6 +142,107 @@ proptest! {
             by_key.insert(op.key, out.incident.id);
         }
         prop_assert_eq!(d.incidents(|_| true).len(), incidents);
+    }
+
+    /// Intake with incidents that close: alarms one by one and in batches
+    /// (a batch is taken in critical first, arrival order within a severity,
+    /// all at one instant), against a model. A known key returns its
+    /// incident, open or closed; a new key of a source whose incident is open
+    /// and last alarmed within the window merges into it, also within one
+    /// batch; after the incident closed, or past the window, the source opens
+    /// a new incident; every repeat is counted on its incident.
+    #[test]
+    fn intake_merges_into_open_incidents_and_reopens_after_close(ops in ops()) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = Dispatcher::new(DispatchConfig::default(), Arc::new(LastJournal::default()), Arc::new(NoSink), clock.clone());
+        for i in 0..2 {
+            // Two caregivers: some incidents are offered, the rest escalated; all open.
+            let id = CaregiverId::parse("id", &format!("C{i}")).unwrap();
+            d.upsert_caregiver(CaregiverProfile { id: id.clone(), skills: vec![], home: p(43.86, 125.38), mode: TravelMode::Bike });
+            d.set_status(&id, CaregiverStatus::Available, None).unwrap();
+        }
+        let window = d.config().merge_window_ms;
+        let mut by_key: HashMap<u8, IncidentId> = HashMap::new();
+        // (device, kind) -> (open incident, its last alarm)
+        let mut open: HashMap<(u8, u8), (IncidentId, i64)> = HashMap::new();
+        let mut repeats: HashMap<IncidentId, u32> = HashMap::new();
+        let mut closed: Vec<IncidentId> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Advance(s, tick) => {
+                    clock.advance(s as i64 * 1000);
+                    if tick {
+                        d.tick();
+                    }
+                }
+                Op::Close(dev, kind, resolve) => {
+                    let Some((id, _)) = open.remove(&(dev, kind)) else { continue };
+                    let done = if resolve {
+                        d.resolve(id, None, Outcome::FalseAlarm, "").unwrap()
+                    } else {
+                        d.cancel(id, "test").unwrap()
+                    };
+                    prop_assert!(!done.state.is_open());
+                    closed.push(id);
+                }
+                Op::Raise(alarms) => {
+                    let now = clock.now_ms();
+                    let batch: Vec<Alarm> = alarms
+                        .iter()
+                        .map(|&(key, dev, kind)| Alarm {
+                            key: IdempotencyKey::parse("k", &format!("key-{key}")).unwrap(),
+                            elder: ElderId::parse("e", "E1").unwrap(),
+                            device: Some(DeviceId::parse("d", &format!("dev-{dev}")).unwrap()),
+                            kind: KINDS[kind as usize],
+                            location: p(43.86, 125.38),
+                            occurred_ms: now,
+                            detail: String::new(),
+                        })
+                        .collect();
+                    let out: Vec<RaiseOutcome> = if batch.len() == 1 {
+                        vec![d.raise(batch.into_iter().next().unwrap()).unwrap()]
+                    } else {
+                        d.raise_batch(batch).into_iter().map(|o| o.unwrap()).collect()
+                    };
+                    // The model takes the batch in as intake does: by severity, then arrival.
+                    let mut order: Vec<usize> = (0..alarms.len()).collect();
+                    order.sort_by_key(|&i| std::cmp::Reverse(KINDS[alarms[i].2 as usize].severity()));
+                    for i in order {
+                        let (key, dev, kind) = alarms[i];
+                        let got = &out[i];
+                        if let Some(&id) = by_key.get(&key) {
+                            prop_assert!(got.duplicate && !got.merged, "key-{} is a retry: {:?}", key, got);
+                            prop_assert_eq!(got.incident.id, id);
+                            continue;
+                        }
+                        prop_assert!(!got.duplicate, "key-{} is new", key);
+                        match open.get(&(dev, kind)) {
+                            Some(&(id, last)) if now - last <= window => {
+                                prop_assert!(got.merged, "key-{} repeats an open incident within the window", key);
+                                prop_assert_eq!(got.incident.id, id);
+                                *repeats.entry(id).or_default() += 1;
+                                open.insert((dev, kind), (id, now));
+                            }
+                            _ => {
+                                prop_assert!(!got.merged, "key-{} opens an incident", key);
+                                prop_assert!(got.incident.state.is_open());
+                                prop_assert!(!by_key.values().any(|id| *id == got.incident.id), "a new incident");
+                                open.insert((dev, kind), (got.incident.id, now));
+                            }
+                        }
+                        by_key.insert(key, got.incident.id);
+                    }
+                }
+            }
+        }
+        let mut ids: Vec<IncidentId> = by_key.values().copied().collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let inc = d.incident(id).unwrap();
+            prop_assert_eq!(inc.repeat_count, repeats.get(&id).copied().unwrap_or(0), "{}", id);
+            prop_assert_eq!(inc.state.is_open(), !closed.contains(&id), "{} in {:?}", id, inc.state);
+        }
     }
 
     /// Timers: whatever the order of ticks and clock steps, an offer is

@@ -288,13 +288,14 @@ fn spawn_kpi_log(state: Arc<AppState>, period: Duration) {
                 duplicates = k.duplicates,
                 merged = k.merged,
                 open,
+                alarms_opened = k.incidents_opened,
                 offered = k.offered,
                 accepted_60s = format!("{:.1}%", 100.0 * k.accepted_within_60s_ratio()),
                 accepted_180s = format!("{:.1}%", 100.0 * k.accepted_within_180s_ratio()),
                 first_offer_p50_ms = k.receipt_to_first_offer.p50_ms,
                 first_offer_p99_ms = k.receipt_to_first_offer.p99_ms,
-                arrival_p50_ms = k.acceptance_to_arrival.p50_ms,
-                arrival_p99_ms = k.acceptance_to_arrival.p99_ms,
+                arrival_p50_ms = k.receipt_to_arrival.p50_ms,
+                arrival_p99_ms = k.receipt_to_arrival.p99_ms,
                 escalations = escalations.join(","),
                 "kpis"
             );

@@ -29,6 +29,10 @@ use serde::Deserialize;
 /// max_closed_in_memory = 100000  # and at most this many (the oldest leave first)
 /// key_window_s = 86400     # a retried idempotency key within this is a duplicate; later, a new alarm
 /// kpi_log_s = 60           # the KPIs go to the log this often (0: never)
+/// arrival_realert_s = 300  # an overdue arrival is alerted again this often...
+/// arrival_escalate_s = 900 # ...and escalated this long after it became overdue
+/// on_scene_alert_s = 7200  # an incident on scene this long alerts the console...
+/// on_scene_realert_s = 1800  # ...and again this often until it is closed
 /// [planning]
 /// service_min = 30          # visit length for registry elders
 /// max_visits_per_day = 8    # for registry caregivers that set none
@@ -73,6 +77,10 @@ pub struct RawDispatch {
     pub max_closed_in_memory: Option<usize>,
     pub key_window_s: Option<f64>,
     pub kpi_log_s: Option<u64>,
+    pub arrival_realert_s: Option<f64>,
+    pub arrival_escalate_s: Option<f64>,
+    pub on_scene_alert_s: Option<f64>,
+    pub on_scene_realert_s: Option<f64>,
 }
 
 impl RawConfig {
@@ -208,6 +216,18 @@ impl Config {
         if let Some(ms) = millis("key_window_s", d.key_window_s, 60.0, 86_400.0 * 30.0, hint)? {
             dispatch.key_window_ms = ms;
         }
+        if let Some(ms) = millis("arrival_realert_s", d.arrival_realert_s, 10.0, 86_400.0, "")? {
+            dispatch.arrival_realert_ms = ms;
+        }
+        if let Some(ms) = millis("arrival_escalate_s", d.arrival_escalate_s, 0.0, 86_400.0, "")? {
+            dispatch.arrival_escalate_ms = ms;
+        }
+        if let Some(ms) = millis("on_scene_alert_s", d.on_scene_alert_s, 60.0, 7.0 * 86_400.0, "")? {
+            dispatch.on_scene_alert_ms = ms;
+        }
+        if let Some(ms) = millis("on_scene_realert_s", d.on_scene_realert_s, 10.0, 86_400.0, "")? {
+            dispatch.on_scene_realert_ms = ms;
+        }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {
             bail!("dispatch.tick_ms: {tick_ms} is not between 10 and 60000");
@@ -276,6 +296,11 @@ mod tests {
         }
         let raw: RawConfig = toml::from_str("[dispatch]\nkey_window_s = 3600").unwrap();
         assert_eq!(Config::from_raw(&raw).unwrap().dispatch.key_window_ms, 3_600_000);
+        let raw: RawConfig = toml::from_str("[dispatch]\non_scene_alert_s = 3600\non_scene_realert_s = 600").unwrap();
+        let d = Config::from_raw(&raw).unwrap().dispatch;
+        assert_eq!((d.on_scene_alert_ms, d.on_scene_realert_ms), (3_600_000, 600_000));
+        let raw: RawConfig = toml::from_str("[dispatch]\narrival_realert_s = 0").unwrap();
+        assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.arrival_realert_s"));
         let raw: RawConfig = toml::from_str("[dispatch]\nmax_radius_km = -1").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.max_radius_km"));
         assert!(toml::from_str::<RawConfig>("lisen = \"x\"").is_err(), "unknown keys are errors");

@@ -230,6 +230,8 @@ impl From<&core::Incident> for IncidentPb {
             arrival_overdue: i.arrival_overdue,
             escalated_unix_ms: opt_ms(i.escalated_ms),
             co_offer_eta_s: i.co_offer.as_ref().map(|c| c.1).unwrap_or(0.0),
+            last_alert_unix_ms: opt_ms(i.last_alert_ms),
+            family_notified_unix_ms: opt_ms(i.family_notified_ms),
         })
     }
 }
@@ -284,9 +286,11 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         escalation: pb::EscalationReason::try_from(p.escalation_reason).ok().and_then(core_escalation),
         escalation_note: p.escalation_note.clone(),
         escalated_ms: ms_opt(p.escalated_unix_ms),
+        family_notified_ms: ms_opt(p.family_notified_unix_ms),
         repeat_count: p.repeat_count,
         last_alarm_ms: p.last_alarm_unix_ms,
         arrival_overdue: p.arrival_overdue,
+        last_alert_ms: ms_opt(p.last_alert_unix_ms),
         updated_ms: p.updated_unix_ms,
         deferred_reason: (!p.deferred_reason.is_empty()).then(|| p.deferred_reason.clone()),
     })
@@ -310,6 +314,9 @@ pub fn event_kind_pb(k: core::EventKind) -> pb::IncidentEventKind {
         C::ArrivalOverdue => P::ArrivalOverdue,
         C::Deferred => P::Deferred,
         C::OfferWithdrawn => P::OfferWithdrawn,
+        C::OnSceneOverdue => P::OnSceneOverdue,
+        C::FamilyNotified => P::FamilyNotified,
+        C::Preempted => P::Preempted,
     }
 }
 

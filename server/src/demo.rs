@@ -656,7 +656,7 @@ fn report(m: &Metrics, k: &pb::Kpis, traffic_s: f64) {
         );
     }
     println!(
-        "offers accepted within 60 s: {:.1}%, within 180 s: {:.1}%",
+        "alarms accepted within 60 s: {:.1}%, within 180 s: {:.1}%",
         k.accepted_within_60s_ratio * 100.0,
         k.accepted_within_180s_ratio * 100.0
     );

@@ -51,6 +51,24 @@ impl Fanout {
         }
     }
 
+    /// `note` followed by the elder's family contacts from the registry, for
+    /// the console to call (the core knows the elder only by id).
+    fn with_family_contacts(&self, note: &str, elder: &str) -> String {
+        use std::fmt::Write;
+        let mut out = note.to_owned();
+        match self.registry.elders.get(elder) {
+            Some(e) if !e.family_contacts.is_empty() => {
+                out.push_str("; family contacts:");
+                for (i, c) in e.family_contacts.iter().enumerate() {
+                    let sep = if i == 0 { " " } else { ", " };
+                    let _ = write!(out, "{sep}{} ({}) {}", c.name, c.relation, c.phone);
+                }
+            }
+            _ => out.push_str("; no family contact registered"),
+        }
+        out
+    }
+
     fn to_caregiver(
         &self,
         cg: &str,
@@ -80,10 +98,13 @@ impl dispatch_core::EventSink for Fanout {
                     EventKind::Offered | EventKind::Reassigned => Some(A::Offer),
                     EventKind::Declined | EventKind::OfferExpired | EventKind::OfferWithdrawn => Some(A::Withdrawn),
                     EventKind::Resolved | EventKind::Cancelled | EventKind::Escalated => Some(A::Closed),
-                    EventKind::Merged | EventKind::ArrivalOverdue | EventKind::Accepted | EventKind::Arrived => {
-                        Some(A::Updated)
-                    }
-                    EventKind::Created | EventKind::Deferred => None,
+                    EventKind::Merged
+                    | EventKind::ArrivalOverdue
+                    | EventKind::OnSceneOverdue
+                    | EventKind::Accepted
+                    | EventKind::Arrived => Some(A::Updated),
+                    // The caregiver's app hears of a pre-emption through the offer itself.
+                    EventKind::Created | EventKind::Deferred | EventKind::FamilyNotified | EventKind::Preempted => None,
                 };
                 // Converted only if the caregiver's app is listening.
                 if let Some((kind, tx)) = kind.and_then(|k| Some((k, self.caregivers.get(cg)?.clone()))) {
@@ -95,13 +116,17 @@ impl dispatch_core::EventSink for Fanout {
             if !consoles {
                 continue; // no console listening is fine: events are durable in the store
             }
+            let note = match e.kind {
+                EventKind::FamilyNotified => self.with_family_contacts(&e.note, e.incident.elder.as_str()),
+                _ => e.note.clone(),
+            };
             let ev = pb::IncidentEvent {
                 seq: console.0,
                 at_unix_ms: e.at_ms,
                 kind: event_kind_pb(e.kind) as i32,
                 incident: Some(incident.unwrap_or_else(|| incident_pb(&e.incident))),
                 caregiver_id: cg.unwrap_or_default().to_owned(),
-                note: e.note.clone(),
+                note,
             };
             let _ = console.1.send(Arc::new(ev));
         }

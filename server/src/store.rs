@@ -1196,8 +1196,12 @@ mod tests {
             conn.query_row("SELECT at_ms, events FROM incident_journal", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         let record = JournalRecord::decode(&body[..]).unwrap();
         let kinds: Vec<i32> = record.events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds.first(), Some(&(pb::IncidentEventKind::Created as i32)));
-        assert_eq!(kinds.last(), Some(&(pb::IncidentEventKind::Escalated as i32)));
+        use pb::IncidentEventKind as K;
+        assert_eq!(
+            kinds,
+            [K::Created, K::Escalated, K::FamilyNotified].map(|k| k as i32),
+            "the ladder's family rung last"
+        );
         assert_eq!(record.events[0].alarm_key.as_deref(), Some("gw-1/7"));
         assert!(record.events.iter().all(|e| e.incident_id == inc.id.0));
         assert_eq!(at, record.events.iter().map(|e| e.at_ms).max().unwrap());

@@ -257,6 +257,11 @@ async fn nobody_available_is_escalated_on_the_console() {
     assert_eq!(created.incident.unwrap().kind, pb::AlarmKind::Smoke as i32, "routine alarm filtered out");
     let esc = next(&mut console).await;
     assert_eq!(esc.kind, pb::IncidentEventKind::Escalated as i32);
+    // The ladder's family rung: the console is told whom to call.
+    let family = next(&mut console).await;
+    assert_eq!(family.kind, pb::IncidentEventKind::FamilyNotified as i32);
+    assert!(family.note.ends_with("family contacts: 李明 (son) 13900000000"), "{}", family.note);
+    assert!(family.incident.unwrap().family_notified_unix_ms > 0);
     // A dispatcher hands it to a caregiver who comes on duty.
     caregiver(&mut c, "late", 43.87, 125.39).await;
     let r = c
@@ -272,7 +277,10 @@ async fn nobody_available_is_escalated_on_the_console() {
     assert_eq!((r.state, r.assigned_caregiver_id.as_str()), (pb::IncidentState::Offered as i32, "late"));
     let k = c.dispatch.get_kpis(pb::GetKpisRequest {}).await.unwrap().into_inner();
     assert_eq!(k.alarms_received, 2);
-    assert_eq!(k.escalations.iter().map(|e| e.count).sum::<u64>(), 2);
+    // Both alarms escalated and took the family rung.
+    let by_reason = |r: pb::EscalationReason| k.escalations.iter().find(|e| e.reason == r as i32).map(|e| e.count);
+    assert_eq!(by_reason(pb::EscalationReason::NoCaregiverAvailable), Some(2));
+    assert_eq!(by_reason(pb::EscalationReason::FamilyContact), Some(2));
     server.shutdown().await.unwrap();
 }
 

@@ -248,7 +248,8 @@ impl pb::dispatch_service_server::DispatchService for DispatchApi {
             accepted_within_60s_ratio: k.accepted_within_60s_ratio(),
             accepted_within_180s_ratio: k.accepted_within_180s_ratio(),
             receipt_to_first_offer: Some(latency(&k.receipt_to_first_offer)),
-            time_to_arrival: Some(latency(&k.acceptance_to_arrival)),
+            time_to_arrival: Some(latency(&k.receipt_to_arrival)),
+            acceptance_to_arrival: Some(latency(&k.acceptance_to_arrival)),
             escalations: k
                 .escalations
                 .iter()
