@@ -137,7 +137,6 @@ impl Supervisor {
         out
     }
 
-    /// Devices supervised / currently offline.
     /// The alarm for an [`Offline`] report could not be raised (the journal
     /// failed): unless the device was heard from since, it is reported again
     /// by the first [`expire`](Self::expire) at or after `retry_at_ms`, with
@@ -153,6 +152,7 @@ impl Supervisor {
         self.wheel.schedule(retry_at_ms, report.device.clone());
     }
 
+    /// Devices supervised / currently offline.
     pub fn counts(&self) -> (usize, usize) {
         let offline = self.devices.iter().filter(|w| w.offline).count();
         (self.devices.len(), offline)

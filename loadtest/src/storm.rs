@@ -5,12 +5,10 @@
 //! by the key supervision gives it (`supervision:{device}:{last heard}`),
 //! which the tool knows because it stamps its heartbeats.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use futures::StreamExt;
-use parking_lot::Mutex;
 use proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,13 +26,14 @@ pub struct Storm {
     devices: Vec<String>,
     /// The elder each device is bound to.
     elders: Vec<String>,
-    /// Which devices fall silent, and the stamp of the last heartbeat each
-    /// sent (0 until the silence).
-    silent: Vec<bool>,
-    last_beat_ms: Arc<Mutex<Vec<i64>>>,
-    /// When the devices fell silent.
-    silenced_at: Arc<Mutex<Option<Instant>>>,
-    beats: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The heartbeats, once begun, and when the silent devices stop; the task
+    /// answers the stamp of the last heartbeat each device sent.
+    beats: Option<(Instant, tokio::task::JoinHandle<anyhow::Result<Vec<i64>>>)>,
+}
+
+/// Whether device `i` falls silent in the power cut: nine in ten.
+fn falls_silent(i: usize) -> bool {
+    !i.is_multiple_of(10)
 }
 
 fn now_ms() -> i64 {
@@ -71,25 +70,14 @@ impl Storm {
         for r in results {
             r.context("registering storm devices")?;
         }
-        let silent: Vec<bool> = (0..devices.len()).map(|i| i % 10 != 0).collect();
-        let last_beat_ms = Arc::new(Mutex::new(vec![0; devices.len()]));
-        let (elders, silenced_at, beats) = (elders.to_vec(), Arc::new(Mutex::new(None)), None);
-        Ok(Storm { devices, elders, silent, last_beat_ms, silenced_at, beats })
+        Ok(Storm { devices, elders: elders.to_vec(), beats: None })
     }
 
     /// Starts the heartbeats: 90% of the devices stop at `silence_at`, the
     /// rest at `until`.
     pub fn begin(&mut self, channel: &Channel, silence_at: Instant, until: Instant) {
         let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
-        self.beats = Some(tokio::spawn(beat(
-            reg,
-            self.devices.clone(),
-            self.silent.clone(),
-            self.last_beat_ms.clone(),
-            self.silenced_at.clone(),
-            silence_at,
-            until,
-        )));
+        self.beats = Some((silence_at, tokio::spawn(beat(reg, self.devices.clone(), silence_at, until))));
     }
 
     /// Waits for the heartbeats to end, then looks up every silent device's
@@ -98,13 +86,10 @@ impl Storm {
     /// then stops supervising the devices (so they raise nothing after the
     /// run). Returns (devices silenced, alarms found).
     pub async fn check(self, channel: &Channel, concurrency: usize) -> anyhow::Result<(u64, u64)> {
-        if let Some(beats) = self.beats {
-            beats.await.context("heartbeat task")??;
-        }
-        let Some(at) = *self.silenced_at.lock() else { return Ok((0, 0)) };
-        let last = self.last_beat_ms.lock().clone();
+        let Some((at, beats)) = self.beats else { return Ok((0, 0)) };
+        let last = beats.await.context("heartbeat task")??;
         let mut left: Vec<(String, String)> = (0..self.devices.len())
-            .filter(|i| self.silent[*i])
+            .filter(|i| falls_silent(*i))
             .map(|i| (self.devices[i].clone(), format!("supervision:{}:{}", self.devices[i], last[i])))
             .collect();
         let silenced = left.len() as u64;
@@ -155,37 +140,27 @@ impl Storm {
 }
 
 /// Sends a heartbeat for every live device each `BEAT_EVERY` on one stream;
-/// at `silence_at` the silent ones stop (their last stamps recorded), at
-/// `until` all do.
+/// from `silence_at` the silent ones stop, at `until` all do. Answers the
+/// stamp of the last heartbeat sent for each device.
 async fn beat(
     mut reg: pb::registry_service_client::RegistryServiceClient<Channel>,
     devices: Vec<String>,
-    silent: Vec<bool>,
-    last_beat_ms: Arc<Mutex<Vec<i64>>>,
-    silenced_at: Arc<Mutex<Option<Instant>>>,
     silence_at: Instant,
     until: Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<i64>> {
     let (tx, rx) = mpsc::channel::<pb::DeviceHeartbeat>(4096);
     let call = tokio::spawn(async move { reg.heartbeat(ReceiverStream::new(rx)).await });
+    let mut last = vec![0; devices.len()];
     let mut next = Instant::now();
-    while next < until {
+    'beats: while next < until {
         tokio::time::sleep_until(next.into()).await;
         let quiet = Instant::now() >= silence_at;
-        if quiet {
-            silenced_at.lock().get_or_insert_with(Instant::now);
-        }
         let at = now_ms();
-        for (i, d) in devices.iter().enumerate() {
-            if quiet && silent[i] {
-                continue;
-            }
+        for (i, d) in devices.iter().enumerate().filter(|(i, _)| !(quiet && falls_silent(*i))) {
             if tx.send(pb::DeviceHeartbeat { device_id: d.clone(), at_unix_ms: at, battery_pct: 0 }).await.is_err() {
-                break;
+                break 'beats; // the stream ended: its answer says why
             }
-            if silent[i] {
-                last_beat_ms.lock()[i] = at;
-            }
+            last[i] = at;
         }
         next += BEAT_EVERY;
     }
@@ -194,5 +169,5 @@ async fn beat(
     if summary.rejected > 0 {
         anyhow::bail!("Heartbeat: {} heartbeats refused: {}", summary.rejected, summary.first_error);
     }
-    Ok(())
+    Ok(last)
 }

@@ -60,7 +60,8 @@ const RETRY_MS: i64 = 5_000;
 
 /// Raises an alarm for every device that fell silent by now.
 pub async fn check(state: &Arc<AppState>) -> usize {
-    let offline = state.supervisor.expire(crate::api::now_ms());
+    let now = crate::api::now_ms();
+    let offline = state.supervisor.expire(now);
     let n = offline.len();
     for o in &offline {
         if let Some(mut d) = state.registry.devices.get_mut(o.device.as_str()) {
@@ -71,7 +72,6 @@ pub async fn check(state: &Arc<AppState>) -> usize {
     // One batch, as a gateway's stream: a power cut silences thousands of
     // devices at once, and their alarms share journal appends.
     let reqs: Vec<pb::RaiseAlarmRequest> = offline.iter().map(offline_alarm).collect();
-    let now = crate::api::now_ms();
     for (o, out) in offline.iter().zip(crate::api::alarm::raise_many(state.clone(), &reqs).await) {
         match out {
             Ok(_) => {}
