@@ -49,6 +49,7 @@ pub fn alarm(rng: &mut StdRng, n: u64) -> Alarm {
         location: random_point(rng),
         occurred_ms: 0,
         detail: String::new(),
+        required_skill: None,
     }
 }
 

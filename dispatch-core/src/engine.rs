@@ -167,6 +167,12 @@ pub struct DispatchConfig {
     pub key_window_ms: i64,
     /// Candidates fetched per match.
     pub candidates: usize,
+    /// For an elder whose care needs a skill (a 失能 elder and nursing, say),
+    /// a free caregiver holding it is offered before one who does not,
+    /// unless the other would arrive more than this many seconds sooner:
+    /// candidates rank by ETA, less this for holding the skill. Zero ranks
+    /// by ETA alone (skill only breaks ties).
+    pub skill_slack_s: f64,
     /// Offers made before the incident is escalated as declined by all.
     pub max_offers: u32,
     /// Arrival is overdue after `eta * factor + slack` from acceptance: the
@@ -205,6 +211,7 @@ impl Default for DispatchConfig {
             max_closed_in_memory: 100_000,
             key_window_ms: 86_400_000,
             candidates: 8,
+            skill_slack_s: 180.0,
             max_offers: 5,
             arrival_overdue_factor: 2.0,
             arrival_overdue_slack_ms: 300_000,
@@ -510,6 +517,11 @@ fn preempted(from: CaregiverStatus, inc: &Incident, now: i64, cg: &CaregiverId, 
         let note = format!("scheduled visit pre-empted for {} ({:?} alarm, {:?})", inc.id, inc.kind, inc.severity);
         events.push(event(EventKind::Preempted, inc, now, Some(cg), &note));
     }
+}
+
+/// The parts of an event's note that apply, joined.
+fn notes<const N: usize>(parts: [Option<String>; N]) -> String {
+    parts.into_iter().flatten().collect::<Vec<_>>().join("; ")
 }
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
@@ -1163,6 +1175,8 @@ impl Dispatcher {
         }
         let critical = inc.severity == Severity::Critical;
         let declined = inc.declined_by.clone();
+        let needs = inc.required_skill.clone();
+        let skill = needs.as_deref().and_then(|name| Some((self.skills.require(name)?, name)));
         // The ladder's first rung: the usual radius, then the wide one.
         let radii = [self.config.max_radius_m, self.config.wide_radius_m.max(self.config.max_radius_m)];
         // Nobody free anywhere (a storm): no search can find anyone.
@@ -1184,32 +1198,42 @@ impl Dispatcher {
                     (0, true) => CRITICAL_CANDIDATES,
                     _ => self.config.candidates,
                 };
-                let candidates = self.index.nearest(&inc.location, k, &filter, &self.config.travel);
+                let candidates = self.ranked(&inc.location, k, &filter, skill);
                 if candidates.is_empty() {
                     break;
                 }
                 let id = inc.id;
-                // Lazy: candidates are claimed nearest first until the offers are made.
+                // Lazy: candidates are claimed best first until the offers are made.
                 let mut claimed = candidates.iter().filter_map(|c| Some((c, claim(c, id, critical)?)));
                 let Some((first, from)) = claimed.next() else { continue };
-                let note = if rung == 1 {
+                let widened = (rung == 1).then(|| {
                     format!(
                         "nobody free within {:.0} km; search widened to {:.0} km",
                         radii[0] / 1000.0,
                         radius / 1000.0
                     )
-                } else {
-                    String::new()
-                };
+                });
+                let note = notes([widened, self.skill_note(needs.as_deref(), skill, first)]);
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
                 preempted(from, inc, now, &first.slot.id, events);
-                // Critical: the next nearest that can be claimed is offered too; the
-                // first to accept takes it.
-                if let Some((second, from)) = critical.then(|| claimed.next()).flatten() {
+                if !critical {
+                    return;
+                }
+                // Critical: the next that can be claimed is offered too, and the
+                // first to accept takes it. If every other candidate of this
+                // search was lost to other incidents, one more search finds it.
+                let second = claimed.next().map(|(c, from)| (c.clone(), from)).or_else(|| {
+                    let more = self.ranked(&inc.location, self.config.candidates, &filter, skill);
+                    more.into_iter()
+                        .filter(|c| !Arc::ptr_eq(&c.slot, &first.slot))
+                        .find_map(|c| claim(&c, id, true).map(|from| (c, from)))
+                });
+                if let Some((second, from)) = second {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
-                    let note = "critical alarm: offered to the two nearest, the first to accept takes it";
-                    events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), note));
+                    let both = "critical alarm: offered to two at once, the first to accept takes it";
+                    let note = notes([Some(both.to_string()), self.skill_note(needs.as_deref(), skill, &second)]);
+                    events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), &note));
                     preempted(from, inc, now, &second.slot.id, events);
                 }
                 return;
@@ -1221,6 +1245,42 @@ impl Dispatcher {
             (EscalationReason::AllDeclined, format!("no free caregiver left after {} declined", inc.declined_by.len()))
         };
         self.escalate_in(inc, reason, &note, now, events);
+    }
+
+    /// The free caregivers nearest `at` by travel time, at most `k`, best
+    /// first. For an elder whose care needs `skill`, the `k` nearest who hold
+    /// it join them, and a holder ranks `skill_slack_s` ahead of its ETA.
+    fn ranked(&self, at: &GeoPoint, k: usize, filter: &MatchFilter, skill: Option<(u64, &str)>) -> Vec<Candidate> {
+        let travel = &self.config.travel;
+        let mut found = self.index.nearest(at, k, filter, travel);
+        let Some(skill) = skill else { return found };
+        let holders = self.index.nearest(at, k, &MatchFilter { skill: Some(skill), ..filter.clone() }, travel);
+        for c in holders {
+            if !found.iter().any(|f| Arc::ptr_eq(&f.slot, &c.slot)) {
+                found.push(c);
+            }
+        }
+        let slack = self.config.skill_slack_s;
+        let mut ranked: Vec<(f64, Candidate)> =
+            found.into_iter().map(|c| (if c.slot.holds(skill) { c.eta_s - slack } else { c.eta_s }, c)).collect();
+        // Stable: equal ranks stay nearest first.
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        ranked.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// What the console should know of an offer to `c` for an elder whose
+    /// care needs the skill `needs` (`skill` is its mask and name, if any
+    /// caregiver was ever registered with it).
+    fn skill_note(&self, needs: Option<&str>, skill: Option<(u64, &str)>, c: &Candidate) -> Option<String> {
+        let name = needs?;
+        Some(match skill {
+            Some(s) if c.slot.holds(s) => format!("holds the elder's required skill {name}"),
+            Some(_) => format!(
+                "nobody free with the elder's required skill {name} could arrive within {:.0} s of this caregiver",
+                self.config.skill_slack_s
+            ),
+            None => format!("no caregiver is registered with the elder's required skill {name}"),
+        })
     }
 
     /// Records an offer to `cg`, whom the caller has just claimed.
@@ -1934,9 +1994,14 @@ mod tests {
 
     /// Four caregivers north of the alarm, nearest first: a, b, c, d.
     fn four() -> Dispatcher {
+        line(&["a", "b", "c", "d"])
+    }
+
+    /// Caregivers north of the alarm 111 m apart, nearest first.
+    fn line(ids: &[&str]) -> Dispatcher {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let d = Dispatcher::new(DispatchConfig::default(), Arc::new(NoJournal), Arc::new(NoSink), clock);
-        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        for (i, id) in ids.iter().copied().enumerate() {
             let home = GeoPoint::new("home", 43.880 + 0.001 * i as f64, 125.370).unwrap();
             d.upsert_caregiver(CaregiverProfile { id: cg(id), skills: vec![], home, mode: TravelMode::Bike });
             d.set_status(&cg(id), CaregiverStatus::Available, None).unwrap();
@@ -1953,6 +2018,7 @@ mod tests {
             location: GeoPoint::new("at", 43.880, 125.370).unwrap(),
             occurred_ms: 0,
             detail: String::new(),
+            required_skill: None,
         };
         d.raise(alarm).unwrap().incident
     }
@@ -1975,5 +2041,19 @@ mod tests {
             }
             assert_eq!(d.caregiver(&cg("d")).unwrap().status, CaregiverStatus::Available, "claims stop at two");
         }
+    }
+
+    /// A critical alarm whose first search finds only one caregiver it can
+    /// claim (the other three were taken meanwhile) searches once more for
+    /// its second offer.
+    #[test]
+    fn a_critical_alarm_searches_again_when_its_first_search_yields_one_claim() {
+        let d = line(&["a", "b", "c", "d", "e"]);
+        RACES.with(|r| r.borrow_mut().extend(["b", "c", "d"].map(cg)));
+        let inc = fall(&d, "k");
+        assert!(RACES.with(|r| r.borrow().is_empty()), "b, c and d were tried");
+        let held = (inc.assigned.clone(), inc.co_offer.as_ref().map(|c| c.0.clone()));
+        assert_eq!(held, (Some(cg("a")), Some(cg("e"))));
+        assert_eq!(d.caregiver(&cg("e")).unwrap().active_incident, Some(inc.id));
     }
 }

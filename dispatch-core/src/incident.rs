@@ -1,5 +1,7 @@
 //! Alarms as accepted at intake, incidents, and the events that change them.
 
+use std::sync::Arc;
+
 use crate::geo::GeoPoint;
 use crate::lifecycle::IncidentState;
 use crate::types::{
@@ -17,6 +19,10 @@ pub struct Alarm {
     pub location: GeoPoint,
     pub occurred_ms: i64,
     pub detail: String,
+    /// The skill the elder's care needs (the registry's `required_skill`):
+    /// dispatch prefers a caregiver who holds it (see
+    /// `DispatchConfig::skill_slack_s`).
+    pub required_skill: Option<Arc<str>>,
 }
 
 /// An incident: one alarm (plus merged repeats) followed to its end.
@@ -31,6 +37,8 @@ pub struct Incident {
     pub state: IncidentState,
     pub location: GeoPoint,
     pub detail: String,
+    /// The skill the elder's care needs, from the alarm.
+    pub required_skill: Option<Arc<str>>,
     /// The caregiver holding the incident (offered, accepted or on scene).
     pub assigned: Option<CaregiverId>,
     pub declined_by: Vec<CaregiverId>,
@@ -80,6 +88,7 @@ impl Incident {
             state: IncidentState::Pending,
             location: alarm.location,
             detail: alarm.detail,
+            required_skill: alarm.required_skill,
             assigned: None,
             declined_by: Vec::new(),
             co_offer: None,

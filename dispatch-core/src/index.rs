@@ -40,7 +40,7 @@ use crossbeam::epoch::{self, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
 use crate::geo::{GeoPoint, TravelMode, TravelModel, EARTH_RADIUS_KM};
-use crate::roster::{unpack, CaregiverSlot, SlotRef, StatusCounts, SHARED_BIT};
+use crate::roster::{unpack, CaregiverSlot, SlotRef, StatusCounts};
 use crate::types::{CaregiverId, CaregiverStatus};
 
 const R_M: f64 = EARTH_RADIUS_KM * 1000.0;
@@ -867,10 +867,8 @@ impl<'q> Search<'q> {
             CaregiverStatus::OnVisit if self.filter.allow_on_visit => {}
             _ => return,
         }
-        if let Some((mask, name)) = self.filter.skill {
-            if slot.skills_mask() & mask != mask || (mask == SHARED_BIT && !slot.has_skill(name)) {
-                return;
-            }
+        if self.filter.skill.is_some_and(|skill| !slot.holds(skill)) {
+            return;
         }
         if self.filter.exclude.contains(&slot.id) {
             return;

@@ -105,6 +105,13 @@ impl CaregiverSlot {
         self.profile.read().skills.iter().any(|s| s == skill)
     }
 
+    /// Whether the caregiver holds `skill`, given as its mask from
+    /// [`SkillTable::require`] and its name: one AND, and a look at the
+    /// profile only for a tag on the shared bit.
+    pub(crate) fn holds(&self, (mask, name): (u64, &str)) -> bool {
+        self.skills_mask() & mask == mask && (mask != SHARED_BIT || self.has_skill(name))
+    }
+
     pub(crate) fn set_profile(&self, profile: CaregiverProfile, skills_mask: u64) {
         self.mode.store(mode_to_u8(profile.mode), Ordering::Relaxed);
         self.skills_mask.store(skills_mask, Ordering::Relaxed);

@@ -73,6 +73,7 @@ fn alarm(key: &str, kind: AlarmKind, lat: f64, lon: f64) -> Alarm {
         location: p(lat, lon),
         occurred_ms: 0,
         detail: String::new(),
+        required_skill: None,
     }
 }
 
@@ -225,6 +226,78 @@ fn decline_redispatches_to_the_next_nearest_then_escalates() {
     // A dispatcher can still hand it to someone by name.
     let inc = r.d.reassign(inc.id, &cg("a"), "please go").unwrap();
     assert_eq!((inc.state, inc.assigned.clone()), (IncidentState::Offered, Some(cg("a"))));
+}
+
+/// A rig with one caregiver 111 m from the alarm point and two nurses
+/// (skill "nursing") 556 m and 1.1 km away, all on bikes: ETAs of 43 s,
+/// 217 s and 434 s.
+fn nurses(config: DispatchConfig) -> Rig {
+    let r = rig_with(config, &[("near", 43.881, 125.370), ("nurse1", 43.885, 125.370), ("nurse2", 43.890, 125.370)]);
+    for (id, lat) in [("nurse1", 43.885), ("nurse2", 43.890)] {
+        let profile = CaregiverProfile {
+            id: cg(id),
+            skills: vec!["nursing".into()],
+            home: p(lat, 125.370),
+            mode: TravelMode::Bike,
+        };
+        r.d.upsert_caregiver(profile);
+    }
+    r
+}
+
+fn needing(key: &str, kind: AlarmKind, skill: Option<&str>) -> Alarm {
+    Alarm { required_skill: skill.map(Into::into), ..alarm(key, kind, 43.880, 125.370) }
+}
+
+/// The note of the latest offer of `id` to `to`.
+fn offer_note(r: &Rig, id: IncidentId, to: &str) -> String {
+    let events = r.journal.events.lock().unwrap();
+    let offer = events
+        .iter()
+        .rev()
+        .find(|e| e.incident.id == id && e.kind == EventKind::Offered && e.caregiver.as_ref() == Some(&cg(to)));
+    offer.unwrap_or_else(|| panic!("no offer of {id} to {to}")).note.clone()
+}
+
+#[test]
+fn an_elder_needing_a_skill_gets_a_holder_unless_another_is_much_nearer() {
+    // Within the default slack (180 s) the nurse 174 s further goes first.
+    let r = nurses(DispatchConfig::default());
+    let inc = r.d.raise(needing("k1", AlarmKind::Inactivity, Some("nursing"))).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("nurse1")));
+    assert_eq!(inc.required_skill.as_deref(), Some("nursing"));
+    assert_eq!(offer_note(&r, inc.id, "nurse1"), "holds the elder's required skill nursing");
+    // Declined: the other nurse would be 391 s later than "near", beyond the slack.
+    let inc = r.d.decline(inc.id, &cg("nurse1"), "").unwrap();
+    assert_eq!(inc.assigned, Some(cg("near")));
+    let note = offer_note(&r, inc.id, "near");
+    assert!(
+        note.starts_with("nobody free with the elder's required skill nursing could arrive within 180 s"),
+        "{note}"
+    );
+    r.d.cancel(inc.id, "test").unwrap();
+
+    // No skill needed: the nearest. A skill nobody has: the nearest, and the console is told.
+    let inc = r.d.raise(needing("k2", AlarmKind::Inactivity, None)).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("near")));
+    assert_eq!(offer_note(&r, inc.id, "near"), "");
+    r.d.cancel(inc.id, "test").unwrap();
+    let inc = r.d.raise(needing("k3", AlarmKind::Inactivity, Some("dementia"))).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("near")));
+    assert_eq!(offer_note(&r, inc.id, "near"), "no caregiver is registered with the elder's required skill dementia");
+    r.d.cancel(inc.id, "test").unwrap();
+
+    // A critical alarm: the nurse and the nearest, at once.
+    let inc = r.d.raise(needing("k4", AlarmKind::Fall, Some("nursing"))).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("nurse1")));
+    assert_eq!(inc.co_offer.as_ref().map(|c| c.0.clone()), Some(cg("near")));
+    let note = offer_note(&r, inc.id, "near");
+    assert!(note.starts_with("critical alarm: offered to two at once") && note.contains("nobody free with"), "{note}");
+
+    // A smaller slack than the nurse's 174 s: the nearest goes first.
+    let r = nurses(DispatchConfig { skill_slack_s: 170.0, ..Default::default() });
+    let inc = r.d.raise(needing("k5", AlarmKind::Inactivity, Some("nursing"))).unwrap().incident;
+    assert_eq!(inc.assigned, Some(cg("near")));
 }
 
 #[test]

@@ -119,6 +119,7 @@ proptest! {
                 location: p(43.86, 125.38),
                 occurred_ms: now,
                 detail: String::new(),
+                required_skill: None,
             };
             let out = d.raise(alarm).unwrap();
             if let Some(&id) = by_key.get(&op.key) {
@@ -197,6 +198,7 @@ proptest! {
                             location: p(43.86, 125.38),
                             occurred_ms: now,
                             detail: String::new(),
+                            required_skill: None,
                         })
                         .collect();
                     let out: Vec<RaiseOutcome> = if batch.len() == 1 {
@@ -266,6 +268,7 @@ proptest! {
                 location: p(43.86, 125.38),
                 occurred_ms: T0,
                 detail: String::new(),
+                required_skill: None,
             };
             d.raise(alarm).unwrap();
         }

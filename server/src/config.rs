@@ -33,6 +33,8 @@ use serde::Deserialize;
 /// arrival_escalate_s = 900 # ...and escalated this long after it became overdue
 /// on_scene_alert_s = 7200  # an incident on scene this long alerts the console...
 /// on_scene_realert_s = 1800  # ...and again this often until it is closed
+/// skill_slack_s = 180      # a caregiver with the elder's required skill is offered first unless
+///                          # another would arrive this much sooner (0: nearest only)
 /// [planning]
 /// service_min = 30          # visit length for registry elders
 /// max_visits_per_day = 8    # for registry caregivers that set none
@@ -81,6 +83,7 @@ pub struct RawDispatch {
     pub arrival_escalate_s: Option<f64>,
     pub on_scene_alert_s: Option<f64>,
     pub on_scene_realert_s: Option<f64>,
+    pub skill_slack_s: Option<f64>,
 }
 
 impl RawConfig {
@@ -228,6 +231,12 @@ impl Config {
         if let Some(ms) = millis("on_scene_realert_s", d.on_scene_realert_s, 10.0, 86_400.0, "")? {
             dispatch.on_scene_realert_ms = ms;
         }
+        if let Some(s) = d.skill_slack_s {
+            if !(s.is_finite() && (0.0..=3600.0).contains(&s)) {
+                bail!("dispatch.skill_slack_s: {s} is not between 0 and 3600");
+            }
+            dispatch.skill_slack_s = s;
+        }
         let tick_ms = d.tick_ms.unwrap_or(500);
         if !(10..=60_000).contains(&tick_ms) {
             bail!("dispatch.tick_ms: {tick_ms} is not between 10 and 60000");
@@ -301,6 +310,13 @@ mod tests {
         assert_eq!((d.on_scene_alert_ms, d.on_scene_realert_ms), (3_600_000, 600_000));
         let raw: RawConfig = toml::from_str("[dispatch]\narrival_realert_s = 0").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.arrival_realert_s"));
+        let raw: RawConfig = toml::from_str("[dispatch]\nskill_slack_s = 60").unwrap();
+        assert_eq!(Config::from_raw(&raw).unwrap().dispatch.skill_slack_s, 60.0);
+        let raw: RawConfig = toml::from_str("[dispatch]\nskill_slack_s = -1").unwrap();
+        assert_eq!(
+            Config::from_raw(&raw).unwrap_err().to_string(),
+            "dispatch.skill_slack_s: -1 is not between 0 and 3600"
+        );
         let raw: RawConfig = toml::from_str("[dispatch]\nmax_radius_km = -1").unwrap();
         assert!(Config::from_raw(&raw).unwrap_err().to_string().starts_with("dispatch.max_radius_km"));
         assert!(toml::from_str::<RawConfig>("lisen = \"x\"").is_err(), "unknown keys are errors");

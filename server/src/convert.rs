@@ -232,6 +232,7 @@ impl From<&core::Incident> for IncidentPb {
             co_offer_eta_s: i.co_offer.as_ref().map(|c| c.1).unwrap_or(0.0),
             last_alert_unix_ms: opt_ms(i.last_alert_ms),
             family_notified_unix_ms: opt_ms(i.family_notified_ms),
+            required_skill: i.required_skill.as_deref().unwrap_or_default().to_string(),
         })
     }
 }
@@ -265,6 +266,7 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         state,
         location: core::GeoPoint::new("location", location.lat, location.lon).map_err(|_| bad("location"))?,
         detail: p.detail.clone(),
+        required_skill: (!p.required_skill.is_empty()).then(|| p.required_skill.as_str().into()),
         assigned: if p.assigned_caregiver_id.is_empty() { None } else { Some(cid(&p.assigned_caregiver_id)?) },
         declined_by: p.declined_by.iter().map(|s| cid(s)).collect::<ApiResult<_>>()?,
         co_offer: match p.offered_to.get(1) {
@@ -428,6 +430,7 @@ mod tests {
             location: core::GeoPoint::new("l", 43.9, 125.4).unwrap(),
             occurred_ms: 5,
             detail: "kitchen".into(),
+            required_skill: Some("nursing".into()),
         };
         let d = core::Dispatcher::new(
             Default::default(),

@@ -1176,6 +1176,7 @@ mod tests {
             location: GeoPoint::new("p", 43.88, 125.37).unwrap(),
             occurred_ms: 0,
             detail: String::new(),
+            required_skill: None,
         }
     }
 

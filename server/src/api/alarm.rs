@@ -82,9 +82,9 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
         .ok_or_else(|| ApiError::invalid("kind", format!("{} is not an alarm kind", req.kind)))?;
     text("detail", &req.detail, MAX_DETAIL_BYTES)?;
     let location = geo_opt("location", req.location.as_ref())?;
-    // Only the elder's registered location is needed: read it in place.
-    let home = match state.registry.elders.get(elder_id.as_str()) {
-        Some(e) => e.location,
+    // Only the elder's registered location and required skill are needed: read them in place.
+    let (home, required_skill) = match state.registry.elders.get(elder_id.as_str()) {
+        Some(e) => (e.location, (!e.required_skill.is_empty()).then(|| Arc::<str>::from(e.required_skill.as_str()))),
         None => return Err(ApiError::NotFound { what: "elder_id: elder", id: elder_id.to_string() }),
     };
     let device = if req.device_id.is_empty() {
@@ -115,6 +115,7 @@ pub fn to_alarm(state: &AppState, req: &pb::RaiseAlarmRequest, now: i64) -> ApiR
         location,
         occurred_ms: if req.occurred_unix_ms == 0 { now } else { req.occurred_unix_ms },
         detail: req.detail.clone(),
+        required_skill,
     })
 }
 
