@@ -1499,6 +1499,9 @@ impl Dispatcher {
                 ));
             }
             inc.set_state(IncidentState::Accepted);
+            if let Some(slot) = self.roster.get(cg) {
+                slot.accepted();
+            }
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
             inc.updated_ms = now;

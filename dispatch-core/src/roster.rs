@@ -5,7 +5,7 @@
 //! compare-and-swap of the status from a free state to `Busy`; the only way to
 //! free one is [`CaregiverSlot::release`] by the incident that holds it.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -36,6 +36,10 @@ pub struct CaregiverSlot {
     seen_ms: AtomicU64,
     /// The incident held, 0 = none.
     active: AtomicU64,
+    /// The claim of `active` took the caregiver off a scheduled visit and
+    /// has not been accepted: released (declined, expired, withdrawn,
+    /// cancelled), the caregiver is back on the visit, not free.
+    from_visit: AtomicBool,
     mode: AtomicU8,
     skills_mask: AtomicU64,
     /// Where the index has filed this slot, and what the slot has added to
@@ -74,6 +78,7 @@ impl CaregiverSlot {
             position: AtomicU64::new(pack(&profile.home)),
             seen_ms: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            from_visit: AtomicBool::new(false),
             mode: AtomicU8::new(mode_to_u8(profile.mode)),
             skills_mask: AtomicU64::new(skills_mask),
             filed: Mutex::new(Filed::default()),
@@ -204,22 +209,35 @@ impl CaregiverSlot {
         let claimed = from.is_some();
         self.leave(from.map_or(busy, |f| f as u8));
         if claimed {
+            self.from_visit.store(from == Some(CaregiverStatus::OnVisit), Ordering::Release);
             let prev = self.active.swap(incident.0, Ordering::AcqRel);
             debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
         }
         from
     }
 
-    /// Frees the caregiver if, and only if, `incident` holds it. Returns whether it did.
+    /// Frees the caregiver if, and only if, `incident` holds it: back to
+    /// the visit it was taken from if it never accepted `incident`, else
+    /// available. Returns whether it did.
     pub fn release(&self, incident: IncidentId) -> bool {
         if self.active.compare_exchange(incident.0, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.enter(CaregiverStatus::Available as u8);
-            let from = self.status.swap(CaregiverStatus::Available as u8, Ordering::AcqRel);
+            let back = match self.from_visit.swap(false, Ordering::AcqRel) {
+                true => CaregiverStatus::OnVisit,
+                false => CaregiverStatus::Available,
+            };
+            self.enter(back as u8);
+            let from = self.status.swap(back as u8, Ordering::AcqRel);
             self.leave(from);
             true
         } else {
             false
         }
+    }
+
+    /// The caregiver accepted the incident it holds: it has left any visit
+    /// it was taken from, and is free once released.
+    pub(crate) fn accepted(&self) {
+        self.from_visit.store(false, Ordering::Release);
     }
 
     /// Restores a claim read back from the journal after a restart.
@@ -380,7 +398,11 @@ mod tests {
         assert!(!s.try_claim(IncidentId(3), false));
         assert_eq!(s.try_claim_from(IncidentId(3), true), Some(CaregiverStatus::OnVisit), "a visit pre-empted");
         assert!(s.release(IncidentId(3)));
-        assert_eq!(s.try_claim_from(IncidentId(4), true), Some(CaregiverStatus::Available));
+        assert_eq!(s.status(), CaregiverStatus::OnVisit, "never accepted: back on the visit");
+        assert_eq!(s.try_claim_from(IncidentId(4), true), Some(CaregiverStatus::OnVisit));
+        s.accepted();
+        assert!(s.release(IncidentId(4)));
+        assert_eq!(s.try_claim_from(IncidentId(5), true), Some(CaregiverStatus::Available), "accepted: left the visit");
     }
 
     #[test]

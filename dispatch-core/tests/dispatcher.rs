@@ -864,6 +864,53 @@ fn preempting_a_scheduled_visit_is_an_event_naming_the_caregiver() {
     assert_eq!(preemptions, 2);
 }
 
+/// A caregiver taken off a visit who never takes the incident on (declines,
+/// lets the offer expire, loses it to the other offer, or it is cancelled)
+/// is back on the visit, not free for routine work; one who accepted has
+/// left the visit and is free once the incident is closed.
+#[test]
+fn a_caregiver_preempted_but_not_accepting_goes_back_to_the_visit() {
+    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
+    let on_visit = |r: &Rig| r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
+    let status = |r: &Rig, c: &str| r.d.caregiver(&cg(c)).unwrap().status;
+    let fall = |r: &Rig, key: &str| {
+        let inc = r.d.raise(alarm(key, AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+        assert_eq!(inc.assigned, Some(cg("visit")), "{key}");
+        inc
+    };
+    on_visit(&r);
+    // Declined.
+    let inc = fall(&r, "f1");
+    r.d.decline(inc.id, &cg("visit"), "with a bedridden elder").unwrap();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
+    r.d.cancel(inc.id, "").unwrap();
+    // The other offer accepted first: withdrawn.
+    let inc = fall(&r, "f2");
+    r.d.accept(inc.id, &cg("free")).unwrap();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
+    r.d.cancel(inc.id, "").unwrap();
+    assert_eq!(status(&r, "free"), CaregiverStatus::Available);
+    // Expired.
+    let inc = fall(&r, "f3");
+    r.d.decline(inc.id, &cg("free"), "").unwrap();
+    r.clock.advance(DispatchConfig::default().offer_timeout_ms + 1);
+    r.d.tick();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
+    let after = r.d.incident(inc.id).unwrap();
+    assert_eq!(after.declined_by, vec![cg("free"), cg("visit")]);
+    // Cancelled before anyone accepted.
+    let inc = fall(&r, "f4");
+    r.d.cancel(inc.id, "the elder pressed cancel").unwrap();
+    assert_eq!((status(&r, "visit"), status(&r, "free")), (CaregiverStatus::OnVisit, CaregiverStatus::Available));
+    // Accepted: the visit is left behind, and the caregiver is free at the end.
+    let inc = fall(&r, "f5");
+    r.d.accept(inc.id, &cg("visit")).unwrap();
+    assert_eq!(status(&r, "free"), CaregiverStatus::Available, "the other offer withdrawn");
+    r.d.arrive(inc.id, &cg("visit")).unwrap();
+    r.d.resolve(inc.id, Some(&cg("visit")), Outcome::Assisted, "").unwrap();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::Available);
+}
+
 #[test]
 fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
     // 'far' is 45 km away: beyond the usual 30 km, within the wide 60 km.
