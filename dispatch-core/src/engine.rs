@@ -1221,11 +1221,14 @@ impl Dispatcher {
                     return;
                 }
                 // Critical: the next that can be claimed is offered too, and the
-                // first to accept takes it. If every other candidate of this
-                // search was lost to other incidents, one more search finds it.
+                // first to accept takes it. If every other candidate of a full
+                // search was lost to other incidents, one more search finds it
+                // (a search short of `k` has already seen everyone eligible).
+                let full = candidates.len() >= k;
                 let second = claimed.next().map(|(c, from)| (c.clone(), from)).or_else(|| {
-                    let more = self.ranked(&inc.location, self.config.candidates, &filter, skill);
-                    more.into_iter()
+                    let more = full.then(|| self.ranked(&inc.location, self.config.candidates, &filter, skill));
+                    more.unwrap_or_default()
+                        .into_iter()
                         .filter(|c| !Arc::ptr_eq(&c.slot, &first.slot))
                         .find_map(|c| claim(&c, id, true).map(|from| (c, from)))
                 });
