@@ -519,9 +519,13 @@ fn preempted(from: CaregiverStatus, inc: &Incident, now: i64, cg: &CaregiverId, 
     }
 }
 
-/// The parts of an event's note that apply, joined.
-fn notes<const N: usize>(parts: [Option<String>; N]) -> String {
-    parts.into_iter().flatten().collect::<Vec<_>>().join("; ")
+/// An event's note from the parts that apply (no allocation when none does).
+fn notes(first: Option<&str>, second: Option<String>) -> String {
+    match (first, second) {
+        (Some(a), Some(b)) => format!("{a}; {b}"),
+        (Some(a), None) => a.to_string(),
+        (None, b) => b.unwrap_or_default(),
+    }
 }
 
 /// The dispatcher. Share it behind an `Arc`; every method takes `&self`.
@@ -1213,7 +1217,7 @@ impl Dispatcher {
                         radius / 1000.0
                     )
                 });
-                let note = notes([widened, self.skill_note(needs.as_deref(), skill, first)]);
+                let note = notes(widened.as_deref(), self.skill_note(needs.as_deref(), skill, first));
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
                 preempted(from, inc, now, &first.slot.id, events);
@@ -1224,18 +1228,19 @@ impl Dispatcher {
                 // first to accept takes it. If every other candidate of a full
                 // search was lost to other incidents, one more search finds it
                 // (a search short of `k` has already seen everyone eligible).
-                let full = candidates.len() >= k;
-                let second = claimed.next().map(|(c, from)| (c.clone(), from)).or_else(|| {
-                    let more = full.then(|| self.ranked(&inc.location, self.config.candidates, &filter, skill));
-                    more.unwrap_or_default()
-                        .into_iter()
-                        .filter(|c| !Arc::ptr_eq(&c.slot, &first.slot))
-                        .find_map(|c| claim(&c, id, true).map(|from| (c, from)))
-                });
+                let more;
+                let second = match claimed.next() {
+                    None if candidates.len() >= k => {
+                        more = self.ranked(&inc.location, self.config.candidates, &filter, skill);
+                        let others = more.iter().filter(|c| !Arc::ptr_eq(&c.slot, &first.slot));
+                        others.filter_map(|c| Some((c, claim(c, id, true)?))).next()
+                    }
+                    claimed => claimed,
+                };
                 if let Some((second, from)) = second {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
                     let both = "critical alarm: offered to two at once, the first to accept takes it";
-                    let note = notes([Some(both.to_string()), self.skill_note(needs.as_deref(), skill, &second)]);
+                    let note = notes(Some(both), self.skill_note(needs.as_deref(), skill, second));
                     events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), &note));
                     preempted(from, inc, now, &second.slot.id, events);
                 }

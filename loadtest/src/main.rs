@@ -270,6 +270,12 @@ fn near(rng: &mut StdRng, km: f64) -> pb::GeoPoint {
     }
 }
 
+/// Every `NURSING_EVERY`-th elder is disabled (失能) and needs a caregiver
+/// with the skill `nursing`, which every `NURSES_EVERY`-th caregiver holds,
+/// so alarms of those elders take the dispatcher's skill-aware search.
+const NURSING_EVERY: usize = 10;
+const NURSES_EVERY: usize = 4;
+
 /// Seeds the registry; returns the elder ids and the caregivers with their home points.
 async fn seed(
     channel: &Channel,
@@ -283,7 +289,12 @@ async fn seed(
             id: format!("{run_id}-E{i}"),
             name: format!("elder {i}"),
             location: Some(near(&mut rng, 8.0)),
-            categories: vec![pb::ElderCategory::LivingAlone as i32],
+            categories: vec![if i % NURSING_EVERY == 0 {
+                pb::ElderCategory::Disabled
+            } else {
+                pb::ElderCategory::LivingAlone
+            } as i32],
+            required_skill: if i % NURSING_EVERY == 0 { "nursing".into() } else { String::new() },
             ..Default::default()
         })
         .collect();
@@ -310,6 +321,7 @@ async fn seed(
                     id: id.clone(),
                     home: Some(home),
                     mode: [pb::TravelMode::Walk, pb::TravelMode::Bike, pb::TravelMode::Car][i % 3] as i32,
+                    skills: if i % NURSES_EVERY == 0 { vec!["nursing".into()] } else { Vec::new() },
                     ..Default::default()
                 };
                 reg.upsert_caregiver(pb::UpsertCaregiverRequest { caregiver: Some(c) }).await?;
