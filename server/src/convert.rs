@@ -191,19 +191,22 @@ fn ms_opt(v: i64) -> Option<i64> {
 }
 
 impl From<&core::Incident> for IncidentPb {
+    // Ids are copied as `as_str().to_owned()`: `to_string` on them goes
+    // through the formatter, and this runs twice per alarm (the journal's
+    // snapshot and the answer).
     fn from(i: &core::Incident) -> Self {
         IncidentPb(pb::Incident {
             id: i.id.to_string(),
-            idempotency_key: i.key.to_string(),
-            elder_id: i.elder.to_string(),
-            device_id: i.device.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            idempotency_key: i.key.as_str().to_owned(),
+            elder_id: i.elder.as_str().to_owned(),
+            device_id: i.device.as_ref().map(|d| d.as_str().to_owned()).unwrap_or_default(),
             kind: pb_alarm_kind(i.kind) as i32,
             severity: pb_severity(i.severity) as i32,
             state: pb_state(i.state) as i32,
             location: Some(to_pb_point(&i.location)),
             detail: i.detail.clone(),
-            assigned_caregiver_id: i.assigned.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-            declined_by: i.declined_by.iter().map(|c| c.to_string()).collect(),
+            assigned_caregiver_id: i.assigned.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            declined_by: i.declined_by.iter().map(|c| c.as_str().to_owned()).collect(),
             dispatch_attempts: i.dispatch_attempts,
             assigned_eta_s: i.assigned_eta_s,
             received_unix_ms: i.received_ms,
@@ -218,7 +221,7 @@ impl From<&core::Incident> for IncidentPb {
             repeat_count: i.repeat_count,
             updated_unix_ms: i.updated_ms,
             offered_to: if i.state == core::IncidentState::Offered {
-                i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).map(|c| c.to_string()).collect()
+                i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).map(|c| c.as_str().to_owned()).collect()
             } else {
                 Vec::new()
             },
