@@ -171,7 +171,7 @@ pub struct DispatchConfig {
     /// a free caregiver holding it is offered before one who does not,
     /// unless the other would arrive more than this many seconds sooner:
     /// candidates rank by ETA, less this for holding the skill. Zero ranks
-    /// by ETA alone (skill only breaks ties).
+    /// by ETA alone.
     pub skill_slack_s: f64,
     /// Offers made before the incident is escalated as declined by all.
     pub max_offers: u32,
