@@ -1269,11 +1269,10 @@ impl Dispatcher {
             }
         }
         let slack = self.config.skill_slack_s;
-        let mut ranked: Vec<(f64, Candidate)> =
-            found.into_iter().map(|c| (if c.slot.holds(skill) { c.eta_s - slack } else { c.eta_s }, c)).collect();
+        let rank = |c: &Candidate| if c.slot.holds(skill) { c.eta_s - slack } else { c.eta_s };
         // Stable: equal ranks stay nearest first.
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
-        ranked.into_iter().map(|(_, c)| c).collect()
+        found.sort_by(|a, b| rank(a).total_cmp(&rank(b)));
+        found
     }
 
     /// What the console should know of an offer to `c` for an elder whose

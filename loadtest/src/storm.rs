@@ -40,34 +40,38 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn device(id: &str, elder: &str, interval_s: u32) -> pb::UpsertDeviceRequest {
-    pb::UpsertDeviceRequest {
-        device: Some(pb::Device {
-            id: id.into(),
-            elder_id: elder.into(),
-            kind: pb::DeviceKind::SosButton as i32,
-            heartbeat_interval_s: interval_s,
-            model: "anxin-loadtest".into(),
-            ..Default::default()
-        }),
-    }
+/// Registers `devices[i]` for `elders[i]` with heartbeat interval
+/// `interval_s` (0: not supervised), 64 calls at a time; each call's result.
+async fn upsert_devices(
+    channel: &Channel,
+    devices: &[String],
+    elders: &[String],
+    interval_s: u32,
+) -> Vec<Result<tonic::Response<pb::UpsertDeviceResponse>, tonic::Status>> {
+    let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+    futures::stream::iter(devices.iter().zip(elders))
+        .map(|(id, elder)| {
+            let mut r = reg.clone();
+            let device = pb::Device {
+                id: id.clone(),
+                elder_id: elder.clone(),
+                kind: pb::DeviceKind::SosButton as i32,
+                heartbeat_interval_s: interval_s,
+                model: "anxin-loadtest".into(),
+                ..Default::default()
+            };
+            async move { r.upsert_device(pb::UpsertDeviceRequest { device: Some(device) }).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
 }
 
 impl Storm {
     /// Registers a supervised device for every elder.
     pub async fn register(channel: &Channel, run_id: &str, elders: &[String]) -> anyhow::Result<Storm> {
-        let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
         let devices: Vec<String> = (0..elders.len()).map(|i| format!("{run_id}-D{i}")).collect();
-        let results: Vec<_> = futures::stream::iter(devices.iter().zip(elders))
-            .map(|(d, e)| {
-                let mut r = reg.clone();
-                let req = device(d, e, INTERVAL_S);
-                async move { r.upsert_device(req).await }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        for r in results {
+        for r in upsert_devices(channel, &devices, elders, INTERVAL_S).await {
             r.context("registering storm devices")?;
         }
         Ok(Storm { devices, elders: elders.to_vec(), beats: None })
@@ -125,16 +129,7 @@ impl Storm {
         for (device, key) in &left {
             eprintln!("no DEVICE_OFFLINE alarm for silent device {device} ({key})");
         }
-        let reg = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
-        let _best_effort: Vec<_> = futures::stream::iter(self.devices.iter().zip(&self.elders))
-            .map(|(d, e)| {
-                let mut r = reg.clone();
-                let req = device(d, e, 0);
-                async move { r.upsert_device(req).await }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
+        let _best_effort = upsert_devices(channel, &self.devices, &self.elders, 0).await;
         Ok((silenced, silenced - left.len() as u64))
     }
 }

@@ -48,6 +48,13 @@ async fn boot_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> (RunningServer
     (server, clients)
 }
 
+/// Shuts the server down (its clients first) and boots it again on the same data directory.
+async fn restart(server: RunningServer, c: Clients, dir: &Path) -> (RunningServer, Clients) {
+    drop(c);
+    server.shutdown().await.unwrap();
+    boot(dir).await
+}
+
 fn point(lat: f64, lon: f64) -> Option<pb::GeoPoint> {
     Some(pb::GeoPoint { lat, lon })
 }
@@ -482,10 +489,7 @@ async fn restart_keeps_the_registry_and_open_incidents() {
         .cancel_incident(pb::CancelIncidentRequest { incident_id: closed.id.clone(), reason: "battery swapped".into() })
         .await
         .unwrap();
-    drop(c);
-    server.shutdown().await.unwrap();
-
-    let (server, mut c) = boot(dir.path()).await;
+    let (server, mut c) = restart(server, c, dir.path()).await;
     let e = c.registry.get_elder(pb::GetByIdRequest { id: "E1".into() }).await.unwrap().into_inner();
     assert_eq!(e.family_contacts[0].phone, "13900000000");
     let d = c
@@ -566,10 +570,7 @@ async fn an_elder_needing_a_skill_is_offered_to_a_holder_also_after_a_restart() 
         .cancel_incident(pb::CancelIncidentRequest { incident_id: first.id.clone(), reason: "false alarm".into() })
         .await
         .unwrap();
-    drop(c);
-    server.shutdown().await.unwrap();
-
-    let (server, mut c) = boot(dir.path()).await;
+    let (server, mut c) = restart(server, c, dir.path()).await;
     let stored = c
         .dispatch
         .get_incident(pb::GetIncidentRequest { incident_id: first.id.clone(), ..Default::default() })
