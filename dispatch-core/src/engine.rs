@@ -509,6 +509,14 @@ fn claim(c: &Candidate, id: IncidentId, preempt_visit: bool) -> Option<Caregiver
     c.slot.try_claim_from(id, preempt_visit)
 }
 
+/// Records on `inc` where `cg`, just claimed for it, was taken from: one taken
+/// off a scheduled visit goes back to it if released before it accepts.
+fn took(inc: &mut Incident, from: CaregiverStatus, cg: &CaregiverId) {
+    if from == CaregiverStatus::OnVisit {
+        inc.preempted.push(cg.clone());
+    }
+}
+
 /// After the offer (or reassignment) to `cg`: if that took the caregiver off
 /// a scheduled visit, a PREEMPTED event naming the caregiver, for the
 /// scheduler and the console.
@@ -1219,6 +1227,7 @@ impl Dispatcher {
                 });
                 let note = notes(widened.as_deref(), self.skill_note(needs.as_deref(), skill, first));
                 self.offer_to(inc, &first.slot.id, first.eta_s, now);
+                took(inc, from, &first.slot.id);
                 events.push(event(EventKind::Offered, inc, now, Some(&first.slot.id), &note));
                 preempted(from, inc, now, &first.slot.id, events);
                 if !critical {
@@ -1239,6 +1248,7 @@ impl Dispatcher {
                 };
                 if let Some((second, from)) = second {
                     inc.co_offer = Some((second.slot.id.clone(), second.eta_s));
+                    took(inc, from, &second.slot.id);
                     let both = "critical alarm: offered to two at once, the first to accept takes it";
                     let note = notes(Some(both), self.skill_note(needs.as_deref(), skill, second));
                     events.push(event(EventKind::Offered, inc, now, Some(&second.slot.id), &note));
@@ -1379,20 +1389,23 @@ impl Dispatcher {
         why: &str,
     ) -> Option<CaregiverId> {
         if let Some((co, _)) = inc.co_offer.take() {
-            self.free(&co, inc.id);
+            self.free(inc, &co);
             events.push(event(EventKind::OfferWithdrawn, inc, now, Some(&co), why));
         }
         let cg = inc.assigned.take()?;
-        self.free(&cg, inc.id);
+        self.free(inc, &cg);
         inc.offer_deadline_ms = None;
         Some(cg)
     }
 
-    fn free(&self, cg: &CaregiverId, id: IncidentId) {
+    /// Releases `cg` from `inc` (back to its visit if it was taken off one
+    /// and never accepted).
+    fn free(&self, inc: &mut Incident, cg: &CaregiverId) {
         if let Some(slot) = self.roster.get(cg).map(|s| s.clone()) {
-            let freed = slot.release(id);
-            debug_assert!(freed, "{cg} did not hold {id}");
+            let freed = slot.release(inc.id);
+            debug_assert!(freed, "{cg} did not hold {}", inc.id);
         }
+        inc.preempted.retain(|c| c != cg);
     }
 
     // ------------------------------------------------------------ life cycle
@@ -1438,7 +1451,8 @@ impl Dispatcher {
     }
 
     /// After a failed journal write: give back a caregiver claimed by the
-    /// change and re-take the one it released.
+    /// change, re-take the one it released, and put back whether each holder
+    /// goes back to a visit when released (an accept has cleared it).
     fn undo_claims(&self, before: &Incident, after: &Incident) {
         let held = |i: &Incident| -> Vec<CaregiverId> {
             i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).cloned().collect()
@@ -1449,11 +1463,15 @@ impl Dispatcher {
                 slot.release(after.id);
             }
         }
-        for c in was.iter().filter(|c| !now.contains(c)) {
-            if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
-                if slot.active_incident().is_none() {
-                    slot.restore_claim(before.id);
+        for c in &was {
+            let Some(slot) = self.roster.get(c).map(|s| s.clone()) else { continue };
+            let from_visit = before.preempted.contains(c);
+            if now.contains(c) {
+                if slot.active_incident() == Some(before.id) {
+                    slot.mark_from_visit(from_visit);
                 }
+            } else if slot.active_incident().is_none() {
+                slot.restore_claim(before.id, from_visit);
             }
         }
     }
@@ -1496,7 +1514,7 @@ impl Dispatcher {
             }
             Self::expect_held(inc, cg, IncidentState::Offered, IncidentState::Accepted)?;
             if let Some((other, _)) = inc.co_offer.take() {
-                self.free(&other, inc.id);
+                self.free(inc, &other);
                 events.push(event(
                     EventKind::OfferWithdrawn,
                     inc,
@@ -1507,8 +1525,9 @@ impl Dispatcher {
             }
             inc.set_state(IncidentState::Accepted);
             if let Some(slot) = self.roster.get(cg) {
-                slot.accepted();
+                slot.mark_from_visit(false);
             }
+            inc.preempted.retain(|c| c != cg);
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
             inc.updated_ms = now;
@@ -1529,7 +1548,7 @@ impl Dispatcher {
                         } else {
                             Some((co, eta))
                         };
-                        self.free(cg, inc.id);
+                        self.free(inc, cg);
                         if let Some((k, e)) = keep {
                             inc.assigned = Some(k);
                             inc.assigned_eta_s = e;
@@ -1621,6 +1640,7 @@ impl Dispatcher {
                 .map(|p| self.config.travel.eta_s(p.distance_m(&inc.location), slot.mode()))
                 .unwrap_or(0.0);
             self.offer_to(inc, to, eta, now);
+            took(inc, from, to);
             events.push(event(EventKind::Reassigned, inc, now, Some(to), note));
             preempted(from, inc, now, to, events);
             Ok(())
@@ -1668,7 +1688,7 @@ impl Dispatcher {
                         let mut silent: Vec<CaregiverId> = inc.co_offer.take().map(|(c, _)| c).into_iter().collect();
                         silent.extend(inc.assigned.take());
                         for cg in &silent {
-                            self.free(cg, inc.id);
+                            self.free(inc, cg);
                             inc.declined_by.push(cg.clone());
                         }
                         inc.offer_deadline_ms = None;
@@ -1931,7 +1951,7 @@ impl Dispatcher {
                 if inc.state.holds_caregiver() {
                     for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
                         if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
-                            slot.restore_claim(inc.id);
+                            slot.restore_claim(inc.id, inc.preempted.contains(c));
                         }
                     }
                 }

@@ -45,6 +45,11 @@ pub struct Incident {
     /// A second live offer and its ETA: critical alarms are offered to the two
     /// nearest at once, and the first to accept takes the incident.
     pub co_offer: Option<(CaregiverId, f64)>,
+    /// Holders (of the offer or the co-offer) who were taken off a scheduled
+    /// visit for this incident and have not accepted it: released, they go
+    /// back to the visit. Kept here so that a restart, or the undo of a
+    /// change the journal refused, knows it too.
+    pub preempted: Vec<CaregiverId>,
     pub dispatch_attempts: u32,
     pub assigned_eta_s: f64,
     pub occurred_ms: i64,
@@ -92,6 +97,7 @@ impl Incident {
             assigned: None,
             declined_by: Vec::new(),
             co_offer: None,
+            preempted: Vec::new(),
             dispatch_attempts: 0,
             assigned_eta_s: 0.0,
             occurred_ms: alarm.occurred_ms,

@@ -234,14 +234,18 @@ impl CaregiverSlot {
         }
     }
 
-    /// The caregiver accepted the incident it holds: it has left any visit
-    /// it was taken from, and is free once released.
-    pub(crate) fn accepted(&self) {
-        self.from_visit.store(false, Ordering::Release);
+    /// Whether the caregiver, if released from the incident it holds, goes
+    /// back to the scheduled visit it was taken from (set by the claim; cleared
+    /// once it accepts: it has left the visit, and is free once released).
+    pub(crate) fn mark_from_visit(&self, from_visit: bool) {
+        self.from_visit.store(from_visit, Ordering::Release);
     }
 
-    /// Restores a claim read back from the journal after a restart.
-    pub(crate) fn restore_claim(&self, incident: IncidentId) {
+    /// Restores a claim read back from the journal after a restart, or
+    /// given back after a change the journal refused; `from_visit` as for
+    /// [`mark_from_visit`](Self::mark_from_visit).
+    pub(crate) fn restore_claim(&self, incident: IncidentId, from_visit: bool) {
+        self.from_visit.store(from_visit, Ordering::Release);
         self.active.store(incident.0, Ordering::Release);
         self.enter(CaregiverStatus::Busy as u8);
         let from = self.status.swap(CaregiverStatus::Busy as u8, Ordering::AcqRel);
@@ -400,7 +404,7 @@ mod tests {
         assert!(s.release(IncidentId(3)));
         assert_eq!(s.status(), CaregiverStatus::OnVisit, "never accepted: back on the visit");
         assert_eq!(s.try_claim_from(IncidentId(4), true), Some(CaregiverStatus::OnVisit));
-        s.accepted();
+        s.mark_from_visit(false);
         assert!(s.release(IncidentId(4)));
         assert_eq!(s.try_claim_from(IncidentId(5), true), Some(CaregiverStatus::Available), "accepted: left the visit");
     }

@@ -911,6 +911,58 @@ fn a_caregiver_preempted_but_not_accepting_goes_back_to_the_visit() {
     assert_eq!(status(&r, "visit"), CaregiverStatus::Available);
 }
 
+/// Where a held caregiver goes when released is kept on the incident too, so
+/// a change the journal refuses (its claims undone) and a restart (its claims
+/// restored) still send one taken off a visit back to it.
+#[test]
+fn a_preempted_caregiver_goes_back_to_the_visit_after_a_refused_write_or_a_restart() {
+    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
+    r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
+    let status = |r: &Rig, c: &str| r.d.caregiver(&cg(c)).unwrap().status;
+    let fall = |r: &Rig, key: &str| {
+        let inc = r.d.raise(alarm(key, AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+        assert_eq!((inc.assigned.clone(), inc.preempted.clone()), (Some(cg("visit")), vec![cg("visit")]), "{key}");
+        inc
+    };
+    let refused = |r: &Rig, action: &dyn Fn() -> Result<Incident, DispatchError>| {
+        r.journal.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(action(), Err(DispatchError::Journal(_))));
+        r.journal.fail.store(false, Ordering::SeqCst);
+    };
+    // An accept the journal refused changed nothing: declining later still
+    // sends the caregiver back to the visit.
+    let inc = fall(&r, "f1");
+    refused(&r, &|| r.d.accept(inc.id, &cg("visit")));
+    assert_eq!(r.d.incident(inc.id).unwrap().preempted, [cg("visit")]);
+    r.d.decline(inc.id, &cg("visit"), "").unwrap();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
+    r.d.cancel(inc.id, "").unwrap();
+    // A refused decline gives the claim back as it was.
+    let inc = fall(&r, "f2");
+    refused(&r, &|| r.d.decline(inc.id, &cg("visit"), ""));
+    assert_eq!(status(&r, "visit"), CaregiverStatus::Busy);
+    r.d.decline(inc.id, &cg("visit"), "").unwrap();
+    assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
+    assert!(r.d.incident(inc.id).unwrap().preempted.is_empty(), "released");
+    r.d.cancel(inc.id, "").unwrap();
+    // After a restart (both caregivers registered free, as a registry read
+    // back might have them), the restored claim remembers the visit...
+    let inc = fall(&r, "f3");
+    let last = r.journal.load(inc.id).unwrap();
+    r.d.cancel(inc.id, "").unwrap();
+    let fresh = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
+    fresh.d.restore(vec![last], vec![(inc.key.clone(), inc.id)]);
+    assert_eq!(status(&fresh, "visit"), CaregiverStatus::Busy);
+    fresh.d.decline(inc.id, &cg("visit"), "").unwrap();
+    assert_eq!(status(&fresh, "visit"), CaregiverStatus::OnVisit);
+    // ...and the co-offer's, who came from no visit, is free when withdrawn.
+    fresh.d.cancel(inc.id, "").unwrap();
+    assert_eq!(status(&fresh, "free"), CaregiverStatus::Available);
+    // Accepted, the visit is left: the mark goes with it.
+    let inc = fall(&r, "f4");
+    assert!(r.d.accept(inc.id, &cg("visit")).unwrap().preempted.is_empty());
+}
+
 #[test]
 fn the_escalation_ladder_widens_then_queues_then_hands_off_to_120_or_119() {
     // 'far' is 45 km away: beyond the usual 30 km, within the wide 60 km.

@@ -236,6 +236,7 @@ impl From<&core::Incident> for IncidentPb {
             last_alert_unix_ms: opt_ms(i.last_alert_ms),
             family_notified_unix_ms: opt_ms(i.family_notified_ms),
             required_skill: i.required_skill.as_deref().unwrap_or_default().to_string(),
+            preempted: i.preempted.iter().map(|c| c.as_str().to_owned()).collect(),
         })
     }
 }
@@ -272,6 +273,7 @@ pub fn incident_from_pb(p: &pb::Incident) -> ApiResult<core::Incident> {
         required_skill: (!p.required_skill.is_empty()).then(|| p.required_skill.as_str().into()),
         assigned: if p.assigned_caregiver_id.is_empty() { None } else { Some(cid(&p.assigned_caregiver_id)?) },
         declined_by: p.declined_by.iter().map(|s| cid(s)).collect::<ApiResult<_>>()?,
+        preempted: p.preempted.iter().map(|s| cid(s)).collect::<ApiResult<_>>()?,
         co_offer: match p.offered_to.get(1) {
             Some(c) if state == core::IncidentState::Offered => Some((cid(c)?, p.co_offer_eta_s)),
             _ => None,
@@ -443,8 +445,10 @@ mod tests {
         );
         let escalated = d.raise(alarm.clone()).unwrap().incident;
         assert!(escalated.escalated_ms.is_some());
-        // A critical alarm with two caregivers free holds two live offers.
-        for (id, lat) in [("C1", 43.9), ("C2", 43.91)] {
+        // A critical alarm with two caregivers free holds two live offers, one
+        // of them taken off a visit.
+        let visiting = [core::CaregiverStatus::Available, core::CaregiverStatus::OnVisit];
+        for ((id, lat), status) in [("C1", 43.9), ("C2", 43.91)].into_iter().zip(visiting) {
             let cg = core::CaregiverId::parse("id", id).unwrap();
             let home = core::GeoPoint::new("home", lat, 125.4).unwrap();
             d.upsert_caregiver(core::CaregiverProfile {
@@ -453,7 +457,7 @@ mod tests {
                 home,
                 mode: core::TravelMode::Bike,
             });
-            d.set_status(&cg, core::CaregiverStatus::Available, None).unwrap();
+            d.set_status(&cg, status, None).unwrap();
         }
         let dual = d
             .raise(core::Alarm {
@@ -464,6 +468,7 @@ mod tests {
             .unwrap()
             .incident;
         assert!(dual.co_offer.is_some());
+        assert_eq!(dual.preempted, [core::CaregiverId::parse("id", "C2").unwrap()]);
         for inc in [escalated, dual] {
             let back = incident_from_pb(&incident_pb(&inc)).unwrap();
             assert_eq!(back, inc);

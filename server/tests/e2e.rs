@@ -583,6 +583,37 @@ async fn an_elder_needing_a_skill_is_offered_to_a_holder_also_after_a_restart() 
     server.shutdown().await.unwrap();
 }
 
+/// A caregiver taken off a visit for a critical alarm goes back to the visit
+/// when declining, also after a restart: the incident, stored, names them.
+#[tokio::test]
+async fn a_caregiver_taken_off_a_visit_goes_back_to_it_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = boot(dir.path()).await;
+    district(&mut c).await;
+    let visit = pb::SetStatusRequest {
+        caregiver_id: "near".into(),
+        status: pb::CaregiverStatus::OnVisit as i32,
+        location: None,
+    };
+    c.caregivers.set_status(visit).await.unwrap();
+    let sos = c.alarms.raise_alarm(alarm("v1", "E1", pb::AlarmKind::SosButton)).await.unwrap().into_inner();
+    let inc = sos.incident.unwrap();
+    assert_eq!(
+        (inc.offered_to.as_slice(), inc.preempted.as_slice()),
+        (&["near".into(), "far".into()][..], &["near".into()][..])
+    );
+    let (server, mut c) = restart(server, c, dir.path()).await;
+    let status = |c: &mut Clients| {
+        let mut registry = c.registry.clone();
+        async move { registry.get_caregiver(pb::GetByIdRequest { id: "near".into() }).await.unwrap().into_inner().status }
+    };
+    assert_eq!(status(&mut c).await, pb::CaregiverStatus::Busy as i32);
+    let declined = c.dispatch.decline_incident(act(&inc.id, "near")).await.unwrap().into_inner();
+    assert!(declined.preempted.is_empty());
+    assert_eq!(status(&mut c).await, pb::CaregiverStatus::OnVisit as i32, "back on the visit");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let dir = tempfile::tempdir().unwrap();
