@@ -246,10 +246,20 @@ type Job = Box<dyn FnOnce() + Send>;
 /// own allocator heap: gigabytes). A queued job holds no lock (a paused alarm
 /// lets its key go), so a fixed set of threads cannot deadlock: a stager
 /// waits only on runs already journaled, which `take_in_runs` finishes on the
-/// runtime. The threads end with the handle.
+/// runtime. The threads end with the handle. The queue is bounded
+/// ([`QUEUED_JOBS`]): a batch finding it full waits, on the runtime without
+/// holding a worker, for room, and its sender's window (a stream's
+/// `STREAM_WINDOW`, the coalescer's slots) holds back the rest.
 pub struct Workers {
     jobs: crossbeam::channel::Sender<Job>,
+    /// One permit per free place in `jobs`: taken before a job is queued,
+    /// given back when a thread takes the job out.
+    room: Arc<Semaphore>,
 }
+
+/// Staging jobs queued at most (each one batch's next run: at most 1,024
+/// alarms).
+pub const QUEUED_JOBS: usize = 1_024;
 
 /// Stager threads. Staging is CPU work except when an alarm meets an incident
 /// or key a journaled run holds (a repeat or retry of an alarm being stored),
@@ -259,7 +269,7 @@ pub const STAGERS: usize = 8;
 
 impl Workers {
     pub fn start(name: &str, threads: usize) -> std::io::Result<Self> {
-        let (jobs, rx) = crossbeam::channel::unbounded::<Job>();
+        let (jobs, rx) = crossbeam::channel::bounded::<Job>(QUEUED_JOBS);
         for i in 0..threads {
             let rx = rx.clone();
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
@@ -270,16 +280,24 @@ impl Workers {
                 }
             })?;
         }
-        Ok(Workers { jobs })
+        Ok(Workers { jobs, room: Arc::new(Semaphore::new(QUEUED_JOBS)) })
     }
 
-    /// Runs `job` on one of the threads; `None` if it panicked (or the
-    /// threads have ended: the job is dropped unrun).
+    /// Runs `job` on one of the threads once the queue has room; `None` if it
+    /// panicked (or the threads have ended: the job is dropped unrun).
     async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let place = self.room.clone().acquire_owned().await.ok()?;
         let (tx, rx) = oneshot::channel();
-        let _ = self.jobs.send(Box::new(move || {
+        // Never full: a job is queued only with a permit, and a permit is given
+        // back only once its job has left the queue.
+        let queued = self.jobs.try_send(Box::new(move || {
+            drop(place);
             let _ = tx.send(job());
         }));
+        debug_assert!(
+            !matches!(queued, Err(crossbeam::channel::TrySendError::Full(_))),
+            "staging queue over its bound"
+        );
         rx.await.ok()
     }
 }
@@ -374,5 +392,51 @@ impl pb::alarm_service_server::AlarmService for AlarmApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the stager busy, jobs beyond the queue's bound wait for room
+    /// instead of being queued or dropped, and all of them run in the end.
+    #[tokio::test]
+    async fn the_staging_queue_is_bounded_and_loses_no_job() {
+        let workers = Arc::new(Workers::start("test-stage", 1).unwrap());
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let blocked = {
+            let workers = workers.clone();
+            tokio::spawn(async move {
+                workers
+                    .run(move || {
+                        let _ = started.send(());
+                        gate.recv().is_ok()
+                    })
+                    .await
+            })
+        };
+        // The one thread holds the first job (so it takes no other).
+        while running.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        let waiting: Vec<_> = (0..QUEUED_JOBS + 16)
+            .map(|i| {
+                let workers = workers.clone();
+                tokio::spawn(async move { workers.run(move || i).await })
+            })
+            .collect();
+        // Let every task get as far as it can while the thread is held.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(workers.jobs.len(), QUEUED_JOBS, "queued up to the bound, no further");
+        open.send(()).unwrap();
+        assert_eq!(blocked.await.unwrap(), Some(true));
+        for (i, job) in waiting.into_iter().enumerate() {
+            assert_eq!(job.await.unwrap(), Some(i));
+        }
+        assert!(workers.jobs.is_empty());
     }
 }
