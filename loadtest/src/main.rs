@@ -493,7 +493,7 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let start = Instant::now();
     if let Some(storm) = &mut storm {
         // The power cut: at the start of the middle fifth, as the spike.
-        storm.begin(&channel, start + total.mul_f64(0.4), start + total);
+        storm.begin(&channel, start + total.mul_f64(0.4), start + total, Duration::from_secs_f64(a.retry_for));
     }
     let apps_deadline = start + total + Duration::from_secs(30);
     for (i, (id, home)) in cgs.into_iter().enumerate() {
@@ -553,7 +553,7 @@ async fn run(a: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let (silenced, offline_raised) = match storm {
         Some(storm) => {
             eprintln!("storm: checking the silent devices' DEVICE_OFFLINE alarms ...");
-            storm.check(&channel, a.concurrency).await?
+            storm.check(&channel, a.concurrency, Duration::from_secs_f64(a.retry_for)).await?
         }
         None => (0, 0),
     };

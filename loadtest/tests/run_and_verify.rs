@@ -171,43 +171,56 @@ fn wait_for_acks(log: &std::path::Path, n: usize) -> usize {
 
 /// SIGKILL of the server while the tool streams (and then calls) alarms in:
 /// the tool sends what was not answered again to the restarted server, loses
-/// nothing, and `verify` finds every acknowledged alarm on it. With the server
-/// killed and not restarted, the alarms never answered are counted as lost
-/// and the run fails.
+/// nothing, and `verify` finds every acknowledged alarm on it. So too in a
+/// storm killed after its devices fell silent: the gateway's heartbeat
+/// stream is opened again, and every silent device's DEVICE_OFFLINE alarm is
+/// found on the restarted server (whose supervision starts afresh). With the
+/// server killed and not restarted, the alarms never answered are counted as
+/// lost and the run fails.
 #[test]
 fn killed_mid_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let target = format!("http://{addr}");
-    let run = |mode: &str, log: &std::path::Path, json: &std::path::Path, retry_for: &str| {
-        let args = ["run", "--target", &target, "--mode", mode, "--rate", "400", "--duration", "5"]
+    let run = |mode: &str, scenario: &str, log: &std::path::Path, json: &std::path::Path, retry_for: &str| {
+        let args = ["run", "--target", &target, "--mode", mode, "--scenario", scenario, "--rate", "400"]
             .into_iter()
-            .chain(["--caregivers", "20", "--elders", "100", "--pace-s", "0.2", "--retry-for", retry_for]);
+            .chain(["--duration", "5", "--caregivers", "20", "--elders", "100", "--pace-s", "0.2"])
+            .chain(["--retry-for", retry_for]);
         tool().args(args).arg("--acked-log").arg(log).arg("--json").arg(json).spawn().unwrap()
     };
     let mut server = spawn_server(&data, addr);
-    for mode in ["stream", "unary"] {
-        let (log, json) = (dir.path().join(format!("{mode}.log")), dir.path().join(format!("{mode}.json")));
-        let mut lt = run(mode, &log, &json, "30");
-        let before = wait_for_acks(&log, 200);
+    // A storm's devices fall silent 2 s in, as its spike begins: more than the
+    // 800 alarms of those 2 s acknowledged means the silence has begun.
+    for (mode, scenario, kill_after) in
+        [("stream", "steady", 200), ("unary", "steady", 200), ("stream", "storm", 1_500)]
+    {
+        let name = format!("{scenario}-{mode}");
+        let (log, json) = (dir.path().join(format!("{name}.log")), dir.path().join(format!("{name}.json")));
+        let mut lt = run(mode, scenario, &log, &json, "30");
+        let before = wait_for_acks(&log, kill_after);
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
         server = spawn_server(&data, addr);
         let status = lt.wait().unwrap();
         let r = report(&json);
-        assert!(status.success(), "{mode}: {r}");
-        assert!(r["sent"].as_u64().unwrap() > before as u64 + 100, "{mode}: the kill was mid-run: {r}");
-        assert_eq!((r["acked"].clone(), r["lost"].clone()), (r["sent"].clone(), 0.into()), "{mode}: {r}");
-        assert_eq!(lines(&log) as u64, r["acked"].as_u64().unwrap(), "{mode}: every ack logged");
+        assert!(status.success(), "{name}: {r}");
+        assert_eq!(r["offline_raised"], r["devices_silenced"], "{name}: {r}");
+        if scenario == "storm" {
+            assert_eq!(r["devices_silenced"], 90, "{r}");
+        }
+        assert!(r["sent"].as_u64().unwrap() > before as u64 + 100, "{name}: the kill was mid-run: {r}");
+        assert_eq!((r["acked"].clone(), r["lost"].clone()), (r["sent"].clone(), 0.into()), "{name}: {r}");
+        assert_eq!(lines(&log) as u64, r["acked"].as_u64().unwrap(), "{name}: every ack logged");
         let out = tool().args(["verify", "--target", &target, "--acked-log"]).arg(&log).output().unwrap();
-        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!((v["checked"].clone(), v["missing"].clone()), (r["acked"].clone(), 0.into()), "{mode}");
+        assert_eq!((v["checked"].clone(), v["missing"].clone()), (r["acked"].clone(), 0.into()), "{name}");
     }
     // Killed for good: what was never answered is lost, and the run says so.
     let (log, json) = (dir.path().join("gone.log"), dir.path().join("gone.json"));
-    let mut lt = run("unary", &log, &json, "1");
+    let mut lt = run("unary", "steady", &log, &json, "1");
     wait_for_acks(&log, 200);
     server.kill().unwrap();
     server.wait().unwrap();
