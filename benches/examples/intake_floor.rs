@@ -104,6 +104,6 @@ fn round(d: &dispatch_core::Dispatcher, template: &Incident, alarms: &[Alarm], p
 /// Releases every claim in `claims`.
 fn release(claims: &mut Vec<(Arc<CaregiverSlot>, IncidentId)>) {
     for (slot, id) in claims.drain(..) {
-        slot.release(id);
+        slot.release(id, false);
     }
 }

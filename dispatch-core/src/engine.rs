@@ -1401,11 +1401,17 @@ impl Dispatcher {
     /// Releases `cg` from `inc` (back to its visit if it was taken off one
     /// and never accepted).
     fn free(&self, inc: &mut Incident, cg: &CaregiverId) {
-        if let Some(slot) = self.roster.get(cg).map(|s| s.clone()) {
-            let freed = slot.release(inc.id);
-            debug_assert!(freed, "{cg} did not hold {}", inc.id);
-        }
+        self.release(inc, cg);
         inc.preempted.retain(|c| c != cg);
+    }
+
+    /// Releases `cg` from `inc` as `inc` says: back to the visit if `inc`
+    /// took it off one (`preempted`), else available.
+    fn release(&self, inc: &Incident, cg: &CaregiverId) -> bool {
+        let Some(slot) = self.roster.get(cg).map(|s| s.clone()) else { return false };
+        let freed = slot.release(inc.id, inc.preempted.contains(cg));
+        debug_assert!(freed, "{cg} did not hold {}", inc.id);
+        freed
     }
 
     // ------------------------------------------------------------ life cycle
@@ -1451,27 +1457,21 @@ impl Dispatcher {
     }
 
     /// After a failed journal write: give back a caregiver claimed by the
-    /// change, re-take the one it released, and put back whether each holder
-    /// goes back to a visit when released (an accept has cleared it).
+    /// change and re-take the one it released (`before` still says which of
+    /// them a release sends back to a visit).
     fn undo_claims(&self, before: &Incident, after: &Incident) {
         let held = |i: &Incident| -> Vec<CaregiverId> {
             i.assigned.iter().chain(i.co_offer.as_ref().map(|(c, _)| c)).cloned().collect()
         };
         let (was, now) = (held(before), held(after));
         for c in now.iter().filter(|c| !was.contains(c)) {
-            if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
-                slot.release(after.id);
-            }
+            self.release(after, c);
         }
-        for c in &was {
-            let Some(slot) = self.roster.get(c).map(|s| s.clone()) else { continue };
-            let from_visit = before.preempted.contains(c);
-            if now.contains(c) {
-                if slot.active_incident() == Some(before.id) {
-                    slot.mark_from_visit(from_visit);
+        for c in was.iter().filter(|c| !now.contains(c)) {
+            if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
+                if slot.active_incident().is_none() {
+                    slot.restore_claim(before.id);
                 }
-            } else if slot.active_incident().is_none() {
-                slot.restore_claim(before.id, from_visit);
             }
         }
     }
@@ -1524,9 +1524,7 @@ impl Dispatcher {
                 ));
             }
             inc.set_state(IncidentState::Accepted);
-            if let Some(slot) = self.roster.get(cg) {
-                slot.mark_from_visit(false);
-            }
+            // The visit is left behind: released, the caregiver is free.
             inc.preempted.retain(|c| c != cg);
             inc.accepted_ms = Some(now);
             inc.offer_deadline_ms = None;
@@ -1951,7 +1949,7 @@ impl Dispatcher {
                 if inc.state.holds_caregiver() {
                     for c in inc.assigned.iter().chain(inc.co_offer.as_ref().map(|(c, _)| c)) {
                         if let Some(slot) = self.roster.get(c).map(|s| s.clone()) {
-                            slot.restore_claim(inc.id, inc.preempted.contains(c));
+                            slot.restore_claim(inc.id);
                         }
                     }
                 }

@@ -1090,8 +1090,8 @@ mod tests {
                             }
                             2 => {
                                 let inc = IncidentId(t as u64 * 1_000_000 + n + 1);
-                                if s.try_claim(inc, rng.random_bool(0.5)) {
-                                    s.release(inc);
+                                if let Some(from) = s.try_claim_from(inc, rng.random_bool(0.5)) {
+                                    s.release(inc, from == CaregiverStatus::OnVisit);
                                 }
                             }
                             3 => drop(s.set_duty(CaregiverStatus::Available)),

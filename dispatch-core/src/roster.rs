@@ -5,7 +5,7 @@
 //! compare-and-swap of the status from a free state to `Busy`; the only way to
 //! free one is [`CaregiverSlot::release`] by the incident that holds it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -36,10 +36,6 @@ pub struct CaregiverSlot {
     seen_ms: AtomicU64,
     /// The incident held, 0 = none.
     active: AtomicU64,
-    /// The claim of `active` took the caregiver off a scheduled visit and
-    /// has not been accepted: released (declined, expired, withdrawn,
-    /// cancelled), the caregiver is back on the visit, not free.
-    from_visit: AtomicBool,
     mode: AtomicU8,
     skills_mask: AtomicU64,
     /// Where the index has filed this slot, and what the slot has added to
@@ -78,7 +74,6 @@ impl CaregiverSlot {
             position: AtomicU64::new(pack(&profile.home)),
             seen_ms: AtomicU64::new(0),
             active: AtomicU64::new(0),
-            from_visit: AtomicBool::new(false),
             mode: AtomicU8::new(mode_to_u8(profile.mode)),
             skills_mask: AtomicU64::new(skills_mask),
             filed: Mutex::new(Filed::default()),
@@ -209,22 +204,19 @@ impl CaregiverSlot {
         let claimed = from.is_some();
         self.leave(from.map_or(busy, |f| f as u8));
         if claimed {
-            self.from_visit.store(from == Some(CaregiverStatus::OnVisit), Ordering::Release);
             let prev = self.active.swap(incident.0, Ordering::AcqRel);
             debug_assert_eq!(prev, 0, "caregiver {} claimed while holding inc-{prev}", self.id);
         }
         from
     }
 
-    /// Frees the caregiver if, and only if, `incident` holds it: back to
-    /// the visit it was taken from if it never accepted `incident`, else
-    /// available. Returns whether it did.
-    pub fn release(&self, incident: IncidentId) -> bool {
+    /// Frees the caregiver if, and only if, `incident` holds it: back on the
+    /// scheduled visit it was taken from if `back_to_visit` (the incident
+    /// knows: the holder never accepted it), else available. Returns whether
+    /// it did.
+    pub fn release(&self, incident: IncidentId, back_to_visit: bool) -> bool {
         if self.active.compare_exchange(incident.0, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            let back = match self.from_visit.swap(false, Ordering::AcqRel) {
-                true => CaregiverStatus::OnVisit,
-                false => CaregiverStatus::Available,
-            };
+            let back = if back_to_visit { CaregiverStatus::OnVisit } else { CaregiverStatus::Available };
             self.enter(back as u8);
             let from = self.status.swap(back as u8, Ordering::AcqRel);
             self.leave(from);
@@ -234,18 +226,9 @@ impl CaregiverSlot {
         }
     }
 
-    /// Whether the caregiver, if released from the incident it holds, goes
-    /// back to the scheduled visit it was taken from (set by the claim; cleared
-    /// once it accepts: it has left the visit, and is free once released).
-    pub(crate) fn mark_from_visit(&self, from_visit: bool) {
-        self.from_visit.store(from_visit, Ordering::Release);
-    }
-
     /// Restores a claim read back from the journal after a restart, or
-    /// given back after a change the journal refused; `from_visit` as for
-    /// [`mark_from_visit`](Self::mark_from_visit).
-    pub(crate) fn restore_claim(&self, incident: IncidentId, from_visit: bool) {
-        self.from_visit.store(from_visit, Ordering::Release);
+    /// given back after a change the journal refused.
+    pub(crate) fn restore_claim(&self, incident: IncidentId) {
         self.active.store(incident.0, Ordering::Release);
         self.enter(CaregiverStatus::Busy as u8);
         let from = self.status.swap(CaregiverStatus::Busy as u8, Ordering::AcqRel);
@@ -395,17 +378,16 @@ mod tests {
         assert!(s.try_claim(IncidentId(1), false));
         assert!(!s.try_claim(IncidentId(2), true), "already busy");
         assert_eq!(s.set_duty(CaregiverStatus::OffDuty), Err(IncidentId(1)));
-        assert!(!s.release(IncidentId(2)));
-        assert!(s.release(IncidentId(1)));
+        assert!(!s.release(IncidentId(2), false));
+        assert!(s.release(IncidentId(1), false));
         assert_eq!(s.status(), CaregiverStatus::Available);
         s.set_duty(CaregiverStatus::OnVisit).unwrap();
         assert!(!s.try_claim(IncidentId(3), false));
         assert_eq!(s.try_claim_from(IncidentId(3), true), Some(CaregiverStatus::OnVisit), "a visit pre-empted");
-        assert!(s.release(IncidentId(3)));
+        assert!(s.release(IncidentId(3), true));
         assert_eq!(s.status(), CaregiverStatus::OnVisit, "never accepted: back on the visit");
         assert_eq!(s.try_claim_from(IncidentId(4), true), Some(CaregiverStatus::OnVisit));
-        s.mark_from_visit(false);
-        assert!(s.release(IncidentId(4)));
+        assert!(s.release(IncidentId(4), false));
         assert_eq!(s.try_claim_from(IncidentId(5), true), Some(CaregiverStatus::Available), "accepted: left the visit");
     }
 
@@ -442,8 +424,8 @@ mod tests {
                         let inc = IncidentId(t as u64 * 1_000_000 + n + 1);
                         match (x >> 8) % 4 {
                             0 => {
-                                if s.try_claim(inc, x & 1 == 0) {
-                                    s.release(inc);
+                                if let Some(from) = s.try_claim_from(inc, x & 1 == 0) {
+                                    s.release(inc, from == CaregiverStatus::OnVisit);
                                 }
                             }
                             1 => drop(s.set_duty(CaregiverStatus::Available)),
