@@ -231,10 +231,7 @@ impl Config {
         if let Some(ms) = millis("on_scene_realert_s", d.on_scene_realert_s, 10.0, 86_400.0, "")? {
             dispatch.on_scene_realert_ms = ms;
         }
-        if let Some(s) = d.skill_slack_s {
-            if !(s.is_finite() && (0.0..=3600.0).contains(&s)) {
-                bail!("dispatch.skill_slack_s: {s} is not between 0 and 3600");
-            }
+        if let Some(s) = seconds("skill_slack_s", d.skill_slack_s, 0.0, 3600.0, "")? {
             dispatch.skill_slack_s = s;
         }
         let tick_ms = d.tick_ms.unwrap_or(500);
@@ -256,14 +253,19 @@ impl Config {
     }
 }
 
-/// Milliseconds of the seconds setting `dispatch.{name}`, if set, checked to
-/// lie in `lo..=hi` (`hint` ends the error).
+/// [`seconds`], in milliseconds.
 fn millis(name: &str, s: Option<f64>, lo: f64, hi: f64, hint: &str) -> anyhow::Result<Option<i64>> {
+    Ok(seconds(name, s, lo, hi, hint)?.map(|s| (s * 1000.0) as i64))
+}
+
+/// The seconds setting `dispatch.{name}`, if set, checked to lie in
+/// `lo..=hi` (`hint` ends the error).
+fn seconds(name: &str, s: Option<f64>, lo: f64, hi: f64, hint: &str) -> anyhow::Result<Option<f64>> {
     match s {
         Some(s) if !(s.is_finite() && (lo..=hi).contains(&s)) => {
             bail!("dispatch.{name}: {s} is not between {lo} and {hi}{hint}")
         }
-        s => Ok(s.map(|s| (s * 1000.0) as i64)),
+        s => Ok(s),
     }
 }
 
