@@ -99,6 +99,17 @@ async fn caregiver(c: &mut Clients, id: &str, lat: f64, lon: f64) {
     assert_eq!(s.status, pb::CaregiverStatus::Available as i32);
 }
 
+/// Sets a caregiver's duty status (where they are unchanged).
+async fn duty(c: &mut Clients, id: &str, status: pb::CaregiverStatus) {
+    let req = pb::SetStatusRequest { caregiver_id: id.into(), status: status as i32, location: None };
+    c.caregivers.set_status(req).await.unwrap();
+}
+
+/// A caregiver's status as the registry reports it.
+async fn status_of(c: &mut Clients, id: &str) -> i32 {
+    c.registry.get_caregiver(pb::GetByIdRequest { id: id.into() }).await.unwrap().into_inner().status
+}
+
 fn alarm(key: &str, elder: &str, kind: pb::AlarmKind) -> pb::RaiseAlarmRequest {
     pb::RaiseAlarmRequest {
         idempotency_key: key.into(),
@@ -557,12 +568,7 @@ async fn an_elder_needing_a_skill_is_offered_to_a_holder_also_after_a_restart() 
         ..Default::default()
     };
     c.registry.upsert_caregiver(pb::UpsertCaregiverRequest { caregiver: Some(nurse) }).await.unwrap();
-    let on_duty = pb::SetStatusRequest {
-        caregiver_id: "nurse".into(),
-        status: pb::CaregiverStatus::Available as i32,
-        location: None,
-    };
-    c.caregivers.set_status(on_duty).await.unwrap();
+    duty(&mut c, "nurse", pb::CaregiverStatus::Available).await;
     let raise = |key: &str| alarm(key, "E2", pb::AlarmKind::Inactivity);
     let first = c.alarms.raise_alarm(raise("s1")).await.unwrap().into_inner().incident.unwrap();
     assert_eq!((first.assigned_caregiver_id.as_str(), first.required_skill.as_str()), ("nurse", "nursing"));
@@ -590,12 +596,7 @@ async fn a_caregiver_taken_off_a_visit_goes_back_to_it_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (server, mut c) = boot(dir.path()).await;
     district(&mut c).await;
-    let visit = pb::SetStatusRequest {
-        caregiver_id: "near".into(),
-        status: pb::CaregiverStatus::OnVisit as i32,
-        location: None,
-    };
-    c.caregivers.set_status(visit).await.unwrap();
+    duty(&mut c, "near", pb::CaregiverStatus::OnVisit).await;
     let sos = c.alarms.raise_alarm(alarm("v1", "E1", pb::AlarmKind::SosButton)).await.unwrap().into_inner();
     let inc = sos.incident.unwrap();
     assert_eq!(
@@ -603,14 +604,10 @@ async fn a_caregiver_taken_off_a_visit_goes_back_to_it_after_a_restart() {
         (&["near".into(), "far".into()][..], &["near".into()][..])
     );
     let (server, mut c) = restart(server, c, dir.path()).await;
-    let status = |c: &mut Clients| {
-        let mut registry = c.registry.clone();
-        async move { registry.get_caregiver(pb::GetByIdRequest { id: "near".into() }).await.unwrap().into_inner().status }
-    };
-    assert_eq!(status(&mut c).await, pb::CaregiverStatus::Busy as i32);
+    assert_eq!(status_of(&mut c, "near").await, pb::CaregiverStatus::Busy as i32);
     let declined = c.dispatch.decline_incident(act(&inc.id, "near")).await.unwrap().into_inner();
     assert!(declined.preempted.is_empty());
-    assert_eq!(status(&mut c).await, pb::CaregiverStatus::OnVisit as i32, "back on the visit");
+    assert_eq!(status_of(&mut c, "near").await, pb::CaregiverStatus::OnVisit as i32, "back on the visit");
     server.shutdown().await.unwrap();
 }
 
