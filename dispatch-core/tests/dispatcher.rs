@@ -864,34 +864,45 @@ fn preempting_a_scheduled_visit_is_an_event_naming_the_caregiver() {
     assert_eq!(preemptions, 2);
 }
 
+/// "visit", on a scheduled visit at the alarm point, and "free" 556 m away.
+fn visit_rig() -> Rig {
+    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
+    r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
+    r
+}
+
+fn status(r: &Rig, c: &str) -> CaregiverStatus {
+    r.d.caregiver(&cg(c)).unwrap().status
+}
+
+/// A fall at the alarm point while "visit" is on the visit: offered to
+/// "visit" (taken off the visit) and to "free".
+fn fall_on_visit(r: &Rig, key: &str) -> Incident {
+    let inc = r.d.raise(alarm(key, AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
+    assert_eq!((inc.assigned.clone(), inc.preempted.clone()), (Some(cg("visit")), vec![cg("visit")]), "{key}");
+    inc
+}
+
 /// A caregiver taken off a visit who never takes the incident on (declines,
 /// lets the offer expire, loses it to the other offer, or it is cancelled)
 /// is back on the visit, not free for routine work; one who accepted has
 /// left the visit and is free once the incident is closed.
 #[test]
 fn a_caregiver_preempted_but_not_accepting_goes_back_to_the_visit() {
-    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
-    let on_visit = |r: &Rig| r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
-    let status = |r: &Rig, c: &str| r.d.caregiver(&cg(c)).unwrap().status;
-    let fall = |r: &Rig, key: &str| {
-        let inc = r.d.raise(alarm(key, AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
-        assert_eq!(inc.assigned, Some(cg("visit")), "{key}");
-        inc
-    };
-    on_visit(&r);
+    let r = visit_rig();
     // Declined.
-    let inc = fall(&r, "f1");
+    let inc = fall_on_visit(&r, "f1");
     r.d.decline(inc.id, &cg("visit"), "with a bedridden elder").unwrap();
     assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
     r.d.cancel(inc.id, "").unwrap();
     // The other offer accepted first: withdrawn.
-    let inc = fall(&r, "f2");
+    let inc = fall_on_visit(&r, "f2");
     r.d.accept(inc.id, &cg("free")).unwrap();
     assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
     r.d.cancel(inc.id, "").unwrap();
     assert_eq!(status(&r, "free"), CaregiverStatus::Available);
     // Expired.
-    let inc = fall(&r, "f3");
+    let inc = fall_on_visit(&r, "f3");
     r.d.decline(inc.id, &cg("free"), "").unwrap();
     r.clock.advance(DispatchConfig::default().offer_timeout_ms + 1);
     r.d.tick();
@@ -899,11 +910,11 @@ fn a_caregiver_preempted_but_not_accepting_goes_back_to_the_visit() {
     let after = r.d.incident(inc.id).unwrap();
     assert_eq!(after.declined_by, vec![cg("free"), cg("visit")]);
     // Cancelled before anyone accepted.
-    let inc = fall(&r, "f4");
+    let inc = fall_on_visit(&r, "f4");
     r.d.cancel(inc.id, "the elder pressed cancel").unwrap();
     assert_eq!((status(&r, "visit"), status(&r, "free")), (CaregiverStatus::OnVisit, CaregiverStatus::Available));
     // Accepted: the visit is left behind, and the caregiver is free at the end.
-    let inc = fall(&r, "f5");
+    let inc = fall_on_visit(&r, "f5");
     r.d.accept(inc.id, &cg("visit")).unwrap();
     assert_eq!(status(&r, "free"), CaregiverStatus::Available, "the other offer withdrawn");
     r.d.arrive(inc.id, &cg("visit")).unwrap();
@@ -916,14 +927,7 @@ fn a_caregiver_preempted_but_not_accepting_goes_back_to_the_visit() {
 /// restored) still send one taken off a visit back to it.
 #[test]
 fn a_preempted_caregiver_goes_back_to_the_visit_after_a_refused_write_or_a_restart() {
-    let r = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
-    r.d.set_status(&cg("visit"), CaregiverStatus::OnVisit, None).unwrap();
-    let status = |r: &Rig, c: &str| r.d.caregiver(&cg(c)).unwrap().status;
-    let fall = |r: &Rig, key: &str| {
-        let inc = r.d.raise(alarm(key, AlarmKind::Fall, 43.880, 125.370)).unwrap().incident;
-        assert_eq!((inc.assigned.clone(), inc.preempted.clone()), (Some(cg("visit")), vec![cg("visit")]), "{key}");
-        inc
-    };
+    let r = visit_rig();
     let refused = |r: &Rig, action: &dyn Fn() -> Result<Incident, DispatchError>| {
         r.journal.fail.store(true, Ordering::SeqCst);
         assert!(matches!(action(), Err(DispatchError::Journal(_))));
@@ -931,14 +935,14 @@ fn a_preempted_caregiver_goes_back_to_the_visit_after_a_refused_write_or_a_resta
     };
     // An accept the journal refused changed nothing: declining later still
     // sends the caregiver back to the visit.
-    let inc = fall(&r, "f1");
+    let inc = fall_on_visit(&r, "f1");
     refused(&r, &|| r.d.accept(inc.id, &cg("visit")));
     assert_eq!(r.d.incident(inc.id).unwrap().preempted, [cg("visit")]);
     r.d.decline(inc.id, &cg("visit"), "").unwrap();
     assert_eq!(status(&r, "visit"), CaregiverStatus::OnVisit);
     r.d.cancel(inc.id, "").unwrap();
     // A refused decline gives the claim back as it was.
-    let inc = fall(&r, "f2");
+    let inc = fall_on_visit(&r, "f2");
     refused(&r, &|| r.d.decline(inc.id, &cg("visit"), ""));
     assert_eq!(status(&r, "visit"), CaregiverStatus::Busy);
     r.d.decline(inc.id, &cg("visit"), "").unwrap();
@@ -947,7 +951,7 @@ fn a_preempted_caregiver_goes_back_to_the_visit_after_a_refused_write_or_a_resta
     r.d.cancel(inc.id, "").unwrap();
     // After a restart (both caregivers registered free, as a registry read
     // back might have them), the restored claim remembers the visit...
-    let inc = fall(&r, "f3");
+    let inc = fall_on_visit(&r, "f3");
     let last = r.journal.load(inc.id).unwrap();
     r.d.cancel(inc.id, "").unwrap();
     let fresh = rig(&[("visit", 43.880, 125.370), ("free", 43.885, 125.370)]);
@@ -959,7 +963,7 @@ fn a_preempted_caregiver_goes_back_to_the_visit_after_a_refused_write_or_a_resta
     fresh.d.cancel(inc.id, "").unwrap();
     assert_eq!(status(&fresh, "free"), CaregiverStatus::Available);
     // Accepted, the visit is left: the mark goes with it.
-    let inc = fall(&r, "f4");
+    let inc = fall_on_visit(&r, "f4");
     assert!(r.d.accept(inc.id, &cg("visit")).unwrap().preempted.is_empty());
 }
 
