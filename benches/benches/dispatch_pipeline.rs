@@ -150,32 +150,23 @@ fn run(c: &mut Criterion, id: &str, d: Arc<Dispatcher>, moves: Moves, next: &mut
     group.sample_size(20);
     let mut rng = StdRng::seed_from_u64(4);
     let stop = Arc::new(AtomicBool::new(false));
+    let per_second = match moves {
+        Moves::None | Moves::FlatOut => None,
+        Moves::PerSecond(rate) => Some(rate),
+    };
     let mover = (!matches!(moves, Moves::None)).then(|| {
-        let (d, stop) = (d.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(5);
-            let ids: Vec<_> = (0..CAREGIVERS).map(benches::caregiver_id).collect();
-            let started = Instant::now();
-            let mut moved = 0u64;
-            // Bounded: at most ten minutes even if the flag were lost.
-            while !stop.load(Ordering::Relaxed) && started.elapsed().as_secs() < 600 {
-                if let Moves::PerSecond(rate) = moves {
-                    // A millisecond's share, then a wait for the next one.
-                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-                    if moved >= due {
-                        thread::sleep(Duration::from_millis(1));
-                        continue;
-                    }
-                }
-                let i = rng.random_range(0..CAREGIVERS);
-                let _ = d.update_location(&ids[i], benches::random_point(&mut rng), 0);
-                moved += 1;
-            }
-            moved as f64 / started.elapsed().as_secs_f64()
+        let d = d.clone();
+        let ids: Vec<_> = (0..CAREGIVERS).map(benches::caregiver_id).collect();
+        benches::mover(5, per_second, stop.clone(), move |rng| {
+            let i = rng.random_range(0..CAREGIVERS);
+            let _ = d.update_location(&ids[i], benches::random_point(rng), 0);
         })
     });
     let ingest = Ingest::start(&d);
+    // Whether the command line kept this id (the mover runs either way).
+    let mut measured = false;
     group.bench_function(BenchmarkId::from_parameter(id), |b| {
+        measured = true;
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -193,8 +184,7 @@ fn run(c: &mut Criterion, id: &str, d: Arc<Dispatcher>, moves: Moves, next: &mut
     ingest.stop();
     stop.store(true, Ordering::Relaxed);
     if let Some(Ok(rate)) = mover.map(|m| m.join()) {
-        // (None for a run the command line filtered out.)
-        if rate > 0.0 {
+        if measured {
             eprintln!("pipeline_throughput/{id}: {rate:.0} location updates/s during the run");
         }
     }
