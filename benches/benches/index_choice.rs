@@ -113,6 +113,11 @@ impl PerMode {
         PerMode { trees, travel: TravelModel::default() }
     }
 
+    /// The tree of `mode`.
+    fn tree(&self, mode: TravelMode) -> &RwLock<KdTree> {
+        &self.trees[MODES.iter().position(|&m| m == mode).unwrap_or_else(|| unreachable!())]
+    }
+
     /// The fastest free caregiver to `q`: (travel time in seconds, index).
     fn fastest(&self, q: &[f64; 2]) -> (f64, u64) {
         let mut best = (f64::INFINITY, u64::MAX);
@@ -249,6 +254,63 @@ fn index_choice(c: &mut Criterion) {
         })
     });
 
+    // A claim and its release: the shipped index's compare-and-swap of the
+    // slot's status (the index is not written), against a removal and an
+    // insertion under the write lock of the caregiver's tree.
+    let claimable: Vec<(Arc<dispatch_core::CaregiverSlot>, usize)> = queries
+        .iter()
+        .zip(&planar)
+        .filter_map(|(q, p)| {
+            let slot = d.nearest_available(q, 1).pop()?.slot;
+            Some((slot, per_mode.fastest(p).1 as usize))
+        })
+        .collect();
+    let tree_of = |i: usize| per_mode.tree(snapshot.mode[i]);
+    let mut n = 0u64;
+    group.bench_function(BenchmarkId::new("anxin_grid", "claim_and_release"), |b| {
+        b.iter(|| {
+            n += 1;
+            let (slot, _) = &claimable[n as usize % claimable.len()];
+            let incident = dispatch_core::IncidentId(n);
+            black_box(slot.try_claim(incident, false) && slot.release(incident, false))
+        })
+    });
+    group.bench_function(BenchmarkId::new("kiddo_kdtree_per_mode", "claim_and_release"), |b| {
+        b.iter(|| {
+            n += 1;
+            let (_, i) = claimable[n as usize % claimable.len()];
+            // Two sections: the claim, and later the release.
+            tree_of(i).write().remove(&snapshot.at[i], i as u64);
+            tree_of(i).write().add(&snapshot.at[i], i as u64);
+        })
+    });
+
+    // Both cores matching at once, as the pipeline's two ingest threads do.
+    let incidents = AtomicU64::new(n + 1);
+    two_threads(
+        &mut group,
+        "anxin_grid",
+        |q| {
+            let c = d.nearest_available(&queries[q], 1).pop()?;
+            let incident = dispatch_core::IncidentId(incidents.fetch_add(1, Ordering::Relaxed));
+            c.slot.try_claim(incident, false).then_some((c.slot, incident))
+        },
+        |(slot, incident)| {
+            slot.release(incident, false);
+        },
+    );
+    two_threads(
+        &mut group,
+        "kiddo_kdtree_per_mode",
+        |q| {
+            let (_, i) = per_mode.fastest(&planar[q]);
+            let i = usize::try_from(i).ok().filter(|&i| i < CAREGIVERS)?;
+            // Taken by the other thread since it was found: no removal.
+            (tree_of(i).write().remove(&snapshot.at[i], i as u64) > 0).then_some(i)
+        },
+        |i| tree_of(i).write().add(&snapshot.at[i], i as u64),
+    );
+
     // One move each, on the bench thread (a free caregiver stepping, as
     // most moves are: the trees hold only the free).
     let free: Vec<usize> = snapshot.free_ones().map(|(i, _)| i).collect();
@@ -263,72 +325,13 @@ fn index_choice(c: &mut Criterion) {
             black_box(d.update_location(&ids[i], to, 0))
         })
     });
-    // A claim and its release: the shipped index's compare-and-swap of the
-    // slot's status (the index is not written), against a removal and an
-    // insertion under the write lock of the caregiver's tree.
-    let claimable: Vec<(Arc<dispatch_core::CaregiverSlot>, usize)> = queries
-        .iter()
-        .zip(&planar)
-        .filter_map(|(q, p)| {
-            let slot = d.nearest_available(q, 1).pop()?.slot;
-            Some((slot, per_mode.fastest(p).1 as usize))
-        })
-        .collect();
-    let mut n = 0u64;
-    group.bench_function(BenchmarkId::new("anxin_grid", "claim_and_release"), |b| {
-        b.iter(|| {
-            n += 1;
-            let (slot, _) = &claimable[n as usize % claimable.len()];
-            let incident = dispatch_core::IncidentId(n);
-            black_box(slot.try_claim(incident, false) && slot.release(incident, false))
-        })
-    });
-    group.bench_function(BenchmarkId::new("kiddo_kdtree_per_mode", "claim_and_release"), |b| {
-        b.iter(|| {
-            n += 1;
-            let (_, i) = claimable[n as usize % claimable.len()];
-            let m = MODES.iter().position(|&m| m == snapshot.mode[i]).unwrap_or_else(|| unreachable!());
-            per_mode.trees[m].write().remove(&snapshot.at[i], i as u64);
-            per_mode.trees[m].write().add(&snapshot.at[i], i as u64);
-        })
-    });
-
-    // Both cores matching at once, as the pipeline's two ingest threads do.
-    let incidents = AtomicU64::new(1);
-    two_threads(
-        &mut group,
-        "anxin_grid",
-        |q| {
-            let c = d.nearest_available(&queries[q], 1).pop()?;
-            let incident = dispatch_core::IncidentId(incidents.fetch_add(1, Ordering::Relaxed));
-            c.slot.try_claim(incident, false).then_some((c.slot, incident))
-        },
-        |(slot, incident)| {
-            slot.release(incident, false);
-        },
-    );
-    let tree_of = |i: usize| &per_mode.trees[MODES.iter().position(|&m| m == snapshot.mode[i]).unwrap_or(0)];
-    two_threads(
-        &mut group,
-        "kiddo_kdtree_per_mode",
-        |q| {
-            let (_, i) = per_mode.fastest(&planar[q]);
-            let i = usize::try_from(i).ok().filter(|&i| i < CAREGIVERS)?;
-            // Taken by the other thread since it was found: no removal.
-            (tree_of(i).write().remove(&snapshot.at[i], i as u64) > 0).then_some(i)
-        },
-        |i| tree_of(i).write().add(&snapshot.at[i], i as u64),
-    );
-
     // Where each tree has each caregiver filed (a removal must name it).
     let (mut rtree_at, mut kdtree_at) = (snapshot.at.clone(), snapshot.at.clone());
     group.bench_function(BenchmarkId::new("rstar_rtree", "move"), |b| {
         b.iter(|| {
             let i = free[rng.random_range(0..free.len())];
             let to = xy(&benches::step_from(&mut rng, planar_to_degrees(&rtree_at[i])));
-            let mut t = rtree.write();
-            let _ = t.remove(&Free::new(rtree_at[i], i as u32));
-            t.insert(Free::new(to, i as u32));
+            refile_r(&rtree, i, &rtree_at[i], &to);
             rtree_at[i] = to;
         })
     });
@@ -336,9 +339,7 @@ fn index_choice(c: &mut Criterion) {
         b.iter(|| {
             let i = free[rng.random_range(0..free.len())];
             let to = xy(&benches::step_from(&mut rng, planar_to_degrees(&kdtree_at[i])));
-            let mut t = kdtree.write();
-            t.remove(&kdtree_at[i], i as u64);
-            t.add(&to, i as u64);
+            refile_kd(&kdtree, i, &kdtree_at[i], &to);
             kdtree_at[i] = to;
         })
     });
@@ -362,63 +363,28 @@ fn index_choice(c: &mut Criterion) {
             }
         }
     };
-    {
-        let (d2, ids) = (d.clone(), ids.clone());
-        let step = Box::new(move |rng: &mut StdRng| benches::step_one(&d2, &ids, rng));
-        with_moves(&mut group, "anxin_grid", step, &mut || {
-            black_box(d.nearest_available(&queries[next()], 1));
-        });
-    }
-    {
-        let (trees, free, mode) = (per_mode.clone(), snapshot.free.clone(), snapshot.mode.clone());
-        let mut at = snapshot.at.clone();
-        let step = Box::new(move |rng: &mut StdRng| {
-            let i = rng.random_range(0..CAREGIVERS);
-            let to = xy(&benches::step_from(rng, planar_to_degrees(&at[i])));
-            if free[i] {
-                let m = MODES.iter().position(|&m| m == mode[i]).unwrap_or_else(|| unreachable!());
-                let mut t = trees.trees[m].write();
-                t.remove(&at[i], i as u64);
-                t.add(&to, i as u64);
-            }
-            at[i] = to;
-        });
-        with_moves(&mut group, "kiddo_kdtree_per_mode", step, &mut || {
-            black_box(per_mode.fastest(&planar[next()]));
-        });
-    }
-    {
-        let (t, free, mut at) = (rtree.clone(), snapshot.free.clone(), rtree_at);
-        let step = Box::new(move |rng: &mut StdRng| {
-            let i = rng.random_range(0..CAREGIVERS);
-            let to = xy(&benches::step_from(rng, planar_to_degrees(&at[i])));
-            if free[i] {
-                let mut t = t.write();
-                let _ = t.remove(&Free::new(at[i], i as u32));
-                t.insert(Free::new(to, i as u32));
-            }
-            at[i] = to;
-        });
-        with_moves(&mut group, "rstar_rtree", step, &mut || {
-            black_box(rtree.read().nearest_neighbor(&planar[next()]).map(|f| f.data));
-        });
-    }
-    {
-        let (t, free, mut at) = (kdtree.clone(), snapshot.free.clone(), kdtree_at);
-        let step = Box::new(move |rng: &mut StdRng| {
-            let i = rng.random_range(0..CAREGIVERS);
-            let to = xy(&benches::step_from(rng, planar_to_degrees(&at[i])));
-            if free[i] {
-                let mut t = t.write();
-                t.remove(&at[i], i as u64);
-                t.add(&to, i as u64);
-            }
-            at[i] = to;
-        });
-        with_moves(&mut group, "kiddo_kdtree", step, &mut || {
-            black_box(kdtree.read().nearest_one::<SquaredEuclidean>(&planar[next()]).item);
-        });
-    }
+    let (grid, ids) = (d.clone(), ids.clone());
+    let step = Box::new(move |rng: &mut StdRng| benches::step_one(&grid, &ids, rng));
+    with_moves(&mut group, "anxin_grid", step, &mut || {
+        black_box(d.nearest_available(&queries[next()], 1));
+    });
+    let (trees, mode) = (per_mode.clone(), snapshot.mode.clone());
+    let step = tree_step(snapshot.free.clone(), snapshot.at.clone(), move |i, from, to| {
+        refile_kd(trees.tree(mode[i]), i, from, to)
+    });
+    with_moves(&mut group, "kiddo_kdtree_per_mode", step, &mut || {
+        black_box(per_mode.fastest(&planar[next()]));
+    });
+    let t = rtree.clone();
+    let step = tree_step(snapshot.free.clone(), rtree_at, move |i, from, to| refile_r(&t, i, from, to));
+    with_moves(&mut group, "rstar_rtree", step, &mut || {
+        black_box(rtree.read().nearest_neighbor(&planar[next()]).map(|f| f.data));
+    });
+    let t = kdtree.clone();
+    let step = tree_step(snapshot.free.clone(), kdtree_at, move |i, from, to| refile_kd(&t, i, from, to));
+    with_moves(&mut group, "kiddo_kdtree", step, &mut || {
+        black_box(kdtree.read().nearest_one::<SquaredEuclidean>(&planar[next()]).item);
+    });
     group.finish();
 }
 
@@ -457,6 +423,37 @@ where
             started.elapsed()
         })
     });
+}
+
+/// Re-files caregiver `i` of a k-d tree from `from` to `to`.
+fn refile_kd(t: &RwLock<KdTree>, i: usize, from: &[f64; 2], to: &[f64; 2]) {
+    let mut t = t.write();
+    t.remove(from, i as u64);
+    t.add(to, i as u64);
+}
+
+/// Re-files caregiver `i` of an R*-tree from `from` to `to`.
+fn refile_r(t: &RwLock<RTree<Free>>, i: usize, from: &[f64; 2], to: &[f64; 2]) {
+    let mut t = t.write();
+    let _ = t.remove(&Free::new(*from, i as u32));
+    t.insert(Free::new(*to, i as u32));
+}
+
+/// A mover's step over a tree of the free: a random caregiver steps from
+/// `at` (where the tree filed it), and `refile` moves it in the tree if it
+/// is free (`free`; the busy are not in the tree).
+fn tree_step<F>(free: Vec<bool>, mut at: Vec<[f64; 2]>, refile: F) -> Box<dyn FnMut(&mut StdRng) + Send>
+where
+    F: Fn(usize, &[f64; 2], &[f64; 2]) + Send + 'static,
+{
+    Box::new(move |rng: &mut StdRng| {
+        let i = rng.random_range(0..at.len());
+        let to = xy(&benches::step_from(rng, planar_to_degrees(&at[i])));
+        if free[i] {
+            refile(i, &at[i], &to);
+        }
+        at[i] = to;
+    })
 }
 
 /// The inverse of [`xy`].
