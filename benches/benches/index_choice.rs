@@ -68,6 +68,8 @@ fn xy(p: &GeoPoint) -> [f64; 2] {
 
 type Free = GeomWithData<[f64; 2], u32>;
 type KdTree = kiddo::KdTree<f64, 2>;
+/// Moves caregiver `i` in a tree from one position to another.
+type Refile<'a> = dyn Fn(usize, &[f64; 2], &[f64; 2]) + 'a;
 /// The modes in the order of [`PerMode`]'s trees.
 const MODES: [TravelMode; 3] = [TravelMode::Walk, TravelMode::Bike, TravelMode::Car];
 
@@ -327,22 +329,18 @@ fn index_choice(c: &mut Criterion) {
     });
     // Where each tree has each caregiver filed (a removal must name it).
     let (mut rtree_at, mut kdtree_at) = (snapshot.at.clone(), snapshot.at.clone());
-    group.bench_function(BenchmarkId::new("rstar_rtree", "move"), |b| {
-        b.iter(|| {
-            let i = free[rng.random_range(0..free.len())];
-            let to = xy(&benches::step_from(&mut rng, planar_to_degrees(&rtree_at[i])));
-            refile_r(&rtree, i, &rtree_at[i], &to);
-            rtree_at[i] = to;
-        })
-    });
-    group.bench_function(BenchmarkId::new("kiddo_kdtree", "move"), |b| {
-        b.iter(|| {
-            let i = free[rng.random_range(0..free.len())];
-            let to = xy(&benches::step_from(&mut rng, planar_to_degrees(&kdtree_at[i])));
-            refile_kd(&kdtree, i, &kdtree_at[i], &to);
-            kdtree_at[i] = to;
-        })
-    });
+    let mut tree_move = |name: &str, at: &mut [[f64; 2]], refile: &Refile<'_>| {
+        group.bench_function(BenchmarkId::new(name, "move"), |b| {
+            b.iter(|| {
+                let i = free[rng.random_range(0..free.len())];
+                let to = xy(&benches::step_from(&mut rng, planar_to_degrees(&at[i])));
+                refile(i, &at[i], &to);
+                at[i] = to;
+            })
+        });
+    };
+    tree_move("rstar_rtree", &mut rtree_at, &|i, from, to| refile_r(&rtree, i, from, to));
+    tree_move("kiddo_kdtree", &mut kdtree_at, &|i, from, to| refile_kd(&kdtree, i, from, to));
 
     // Queries while every caregiver moves once a second.
     let with_moves = |group: &mut criterion::BenchmarkGroup<'_, WallTime>,
