@@ -146,7 +146,7 @@ impl Storm {
                     Ok(true) => {}
                     Ok(false) => left.push(s),
                     // The server is away (restarting): look again when it is back.
-                    Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    Err(e) if server_away(&e) => {
                         away = true;
                         left.push(s);
                     }
@@ -168,6 +168,12 @@ impl Storm {
         let _best_effort = upsert_devices(channel, &self.devices, &self.elders, 0).await;
         Ok((silenced, silenced - left.len() as u64))
     }
+}
+
+/// Whether a call failed because the server went away (it was killed or is
+/// restarting), rather than answering.
+fn server_away(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
 }
 
 /// A device that fell silent, and the key of the alarm supervision raises for
@@ -244,7 +250,7 @@ async fn beat(
             continue;
         }
         match call.await.context("heartbeat stream")? {
-            Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+            Err(e) if server_away(&e) => {
                 let since = *broke.get_or_insert_with(Instant::now);
                 if since.elapsed() > retry_for {
                     return Err(e).context(format!("Heartbeat (gave up after {} s)", retry_for.as_secs_f64()));
@@ -261,7 +267,7 @@ async fn beat(
     drop(tx);
     let summary = match call.await.context("heartbeat stream")? {
         // Away at the end: the check waits for it.
-        Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+        Err(e) if server_away(&e) => {
             beats.afresh = Some(Instant::now());
             return Ok(beats);
         }
