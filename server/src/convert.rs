@@ -235,7 +235,7 @@ impl From<&core::Incident> for IncidentPb {
             co_offer_eta_s: i.co_offer.as_ref().map(|c| c.1).unwrap_or(0.0),
             last_alert_unix_ms: opt_ms(i.last_alert_ms),
             family_notified_unix_ms: opt_ms(i.family_notified_ms),
-            required_skill: i.required_skill.as_deref().unwrap_or_default().to_string(),
+            required_skill: i.required_skill.as_deref().unwrap_or_default().to_owned(),
             preempted: i.preempted.iter().map(|c| c.as_str().to_owned()).collect(),
         })
     }
